@@ -1,0 +1,285 @@
+//! Configuration: one struct, layered from defaults, a TOML file, the environment and
+//! the command line, and checked completely before anything starts.
+//!
+//! Precedence, lowest first: built-in defaults, the file given with `--config`,
+//! `COMPOSITIONS_*` environment variables (`__` separates sections, e.g.
+//! `COMPOSITIONS_AUTH__ISSUER`), then command-line flags. A bad value fails at
+//! start-up with the name of its key, never on the first request.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::dev;
+
+/// The prefix of the environment variables that configure the service.
+pub const ENV_PREFIX: &str = "COMPOSITIONS_";
+
+/// Everything the service and the CLI read at start-up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// The job store: `sqlite:PATH`.
+    pub database: DatabaseUrl,
+    /// Where local state lives: the default SQLite file and, with `dev`, the dev key.
+    pub data_dir: PathBuf,
+    /// The public base URL (`https://host[:port]`) used in `meta.url`. Unset, the
+    /// request's `Host` is used.
+    pub public_url: Option<String>,
+    /// Trust a locally generated signing key, for trying the service out.
+    pub dev: bool,
+    /// How callers are authenticated.
+    pub auth: AuthConfig,
+    /// Job lifecycle settings.
+    pub jobs: JobsConfig,
+    /// HTTP server limits.
+    pub http: HttpConfig,
+}
+
+/// How callers are authenticated.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `jwt` verifies bearer tokens itself; `gateway` trusts the eHealth gateway's
+    /// `x-consumer-*` headers and must only be reachable through that gateway.
+    pub mode: AuthMode,
+    /// A JWKS file with the token signing keys (RS256 or EdDSA, each with a `kid`).
+    pub jwks: Option<PathBuf>,
+    /// The required `iss` claim.
+    pub issuer: Option<String>,
+    /// The required `aud` claim.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+/// Where identity comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Verify `Authorization: Bearer <JWT>` here.
+    Jwt,
+    /// Trust `x-consumer-id`, `x-consumer-scope` and `x-consumer-metadata`.
+    Gateway,
+}
+
+/// Job lifecycle settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// How long finished jobs stay readable (eHealth's `JOB_TTL_DAYS`, 7 days).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// The eta a new job gets when its producer gives none.
+    #[serde(with = "humantime_serde")]
+    pub default_eta: Duration,
+}
+
+/// HTTP server limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// How long a client may take to send the request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseUrl::Sqlite(PathBuf::from("var/jobs.db")),
+            data_dir: PathBuf::from("var"),
+            public_url: None,
+            dev: false,
+            auth: AuthConfig::default(),
+            jobs: JobsConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            jwks: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(7 * 24 * 60 * 60),
+            default_eta: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Values given on the command line, which win over every other source.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--database`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `--dev` (only when given)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<bool>,
+}
+
+/// A configuration that cannot be used, named by its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is well-formed but unusable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// The key, e.g. `auth.jwks`.
+        key: &'static str,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads and checks the configuration from every source.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a file", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Self = figment
+            // COMPOSITIONS_TEST_* configure the test suites, not the service.
+            .merge(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| !key.as_str().starts_with("test_"))
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validated()
+    }
+
+    /// Fills what `dev` implies, then checks every value.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        if self.dev {
+            dev::fill_config(&mut self);
+        }
+        if let Some(url) = &self.public_url {
+            let trimmed = url.trim_end_matches('/');
+            if !(trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+                || trimmed.contains(char::is_whitespace)
+            {
+                return Err(invalid("public_url", "must be an http:// or https:// URL"));
+            }
+            self.public_url = Some(trimmed.to_owned());
+        }
+        for (key, value) in [
+            ("jobs.ttl", self.jobs.ttl),
+            ("http.header_read_timeout", self.http.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        Ok(self)
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Where jobs are stored.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DatabaseUrl {
+    /// `sqlite:PATH`: a SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("sqlite: needs a file path, e.g. sqlite:var/jobs.db".into());
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err("PostgreSQL is not supported by this build yet; use sqlite:PATH".into());
+        }
+        Err("must be sqlite:PATH".into())
+    }
+}
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        url.parse()
+    }
+}
+
+impl From<DatabaseUrl> for String {
+    fn from(url: DatabaseUrl) -> Self {
+        url.to_string()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

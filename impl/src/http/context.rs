@@ -1,0 +1,148 @@
+//! What the layers around the generated router learn about a request and hand on:
+//! its id, its `meta.url`, and the authenticated caller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use compositions_api::server::Authorization;
+use hyper::header::{HOST, HeaderValue};
+use hyper::{HeaderMap, Uri};
+use swagger::auth::Scopes;
+use swagger::{Has, XSpanIdString};
+
+use crate::auth::Caller;
+
+/// The request id header, read from callers and always sent back.
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// The longest caller-supplied request id that is reused.
+const MAX_REQUEST_ID: usize = 64;
+
+/// The request's identity in every response body (`meta`) and in the logs.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    /// `meta.url`: `<scheme>://<host>[:port]<path>`.
+    pub url: String,
+    /// `meta.request_id`, also the `x-request-id` and `x-span-id` headers.
+    pub request_id: XSpanIdString,
+}
+
+impl RequestMeta {
+    /// Reads the caller's request id (or makes one) and builds `meta.url`, from
+    /// `public_url` when configured, else from the `Host` header.
+    pub fn new(
+        headers: &HeaderMap,
+        uri: &Uri,
+        public_url: Option<&str>,
+        local: SocketAddr,
+    ) -> Self {
+        let path = uri.path();
+        let url = match public_url {
+            Some(base) => format!("{base}{path}"),
+            None => match headers.get(HOST).filter(|host| is_sane_host(host)) {
+                // `is_sane_host` admits only ASCII, so the conversion cannot fail.
+                Some(host) => format!("http://{}{path}", host.to_str().unwrap_or_default()),
+                None => format!("http://{local}{path}"),
+            },
+        };
+        let request_id = headers
+            .get(X_REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .filter(|id| is_sane_request_id(id))
+            .map_or_else(XSpanIdString::default, |id| XSpanIdString(id.to_owned()));
+        Self { url, request_id }
+    }
+
+    /// The request id as a header value.
+    pub fn request_id_header(&self) -> HeaderValue {
+        // Generated ids are UUIDs and reused ones passed `is_sane_request_id`.
+        HeaderValue::from_str(&self.request_id.0).unwrap_or(HeaderValue::from_static("invalid"))
+    }
+}
+
+/// Letters, digits, `-`, `_` and `.`, at most 64 of them: safe in logs and headers.
+fn is_sane_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A host name or address with an optional port, nothing else.
+fn is_sane_host(host: &HeaderValue) -> bool {
+    let host = host.as_bytes();
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+}
+
+/// The context the generated router passes to the API implementation.
+pub struct RequestContext {
+    meta: Arc<RequestMeta>,
+    authorization: Option<Authorization>,
+    client_id: Option<String>,
+}
+
+impl RequestContext {
+    /// A context for `caller`, or an anonymous one for requests that reach no
+    /// operation (the router answers those with 404 or 405 before any check).
+    pub fn new(meta: Arc<RequestMeta>, caller: Option<Caller>) -> Self {
+        let (authorization, client_id) = match caller {
+            Some(caller) => {
+                let authorization = Authorization {
+                    subject: caller.subject.unwrap_or_else(|| caller.client_id.clone()),
+                    scopes: Scopes::Some(caller.scopes),
+                    issuer: None,
+                };
+                (Some(authorization), Some(caller.client_id))
+            }
+            None => (None, None),
+        };
+        Self {
+            meta,
+            authorization,
+            client_id,
+        }
+    }
+
+    /// The request's meta.
+    pub fn meta(&self) -> &RequestMeta {
+        &self.meta
+    }
+
+    /// The MIS client the caller acts for.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+}
+
+impl Has<XSpanIdString> for RequestContext {
+    fn get(&self) -> &XSpanIdString {
+        &self.meta.request_id
+    }
+
+    fn get_mut(&mut self) -> &mut XSpanIdString {
+        &mut Arc::make_mut(&mut self.meta).request_id
+    }
+
+    fn set(&mut self, value: XSpanIdString) {
+        Arc::make_mut(&mut self.meta).request_id = value;
+    }
+}
+
+impl Has<Option<Authorization>> for RequestContext {
+    fn get(&self) -> &Option<Authorization> {
+        &self.authorization
+    }
+
+    fn get_mut(&mut self) -> &mut Option<Authorization> {
+        &mut self.authorization
+    }
+
+    fn set(&mut self, value: Option<Authorization>) {
+        self.authorization = value;
+    }
+}

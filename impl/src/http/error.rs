@@ -1,0 +1,47 @@
+//! Every reason this service answers with something other than a job.
+//!
+//! Each variant names what failed, never a status code; [`super::mapping`] turns
+//! them into responses in one exhaustive `match`.
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+/// Why a request gets an error envelope instead of a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A path parameter does not have its declared type.
+    #[error("path parameter {parameter} is not a {expected}")]
+    MalformedParameter {
+        /// The parameter's name in the spec.
+        parameter: String,
+        /// The declared format.
+        expected: &'static str,
+    },
+    /// No or bad credentials.
+    #[error("not authenticated")]
+    Unauthenticated(#[source] AuthError),
+    /// Authenticated, but without a scope the operation requires.
+    #[error("missing scopes: {}", missing.join(" "))]
+    MissingScopes {
+        /// The required scopes the caller lacks.
+        missing: Vec<String>,
+    },
+    /// No job with this id belongs to the caller (or it has expired).
+    #[error("job not found")]
+    JobNotFound,
+    /// The path matches no operation.
+    #[error("no route for this path")]
+    RouteNotFound,
+    /// The path exists, but not with this method.
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The methods the path answers, for the `Allow` header.
+        allow: String,
+    },
+    /// The job store failed.
+    #[error("the job store failed")]
+    Store(#[source] StoreError),
+    /// The generated router failed in a way the contract does not describe.
+    #[error("the generated router failed: {0}")]
+    Router(String),
+}

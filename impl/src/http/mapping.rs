@@ -1,0 +1,299 @@
+//! The one place where the domain meets the generated API: jobs become models,
+//! errors become responses, and responses become HTTP.
+//!
+//! Every conversion is an exhaustive `match` or reads fields by name, so a contract
+//! change (a new response, status value or required field, a renamed property)
+//! stops this file compiling until it is handled. Optional fields are assigned
+//! after `new`, so adding one to the spec still compiles.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::fmt;
+
+use bytes::Bytes;
+use compositions_api::GetAsyncJobStatusResponse;
+use compositions_api::models;
+use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+use super::context::RequestMeta;
+use super::error::RequestError;
+use crate::auth::AuthError;
+use crate::jobs::{DEFAULT_ENTITY, Failure, Job, Link, State, Status};
+
+/// The body type the generated router uses, and so do we.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// The job, or why there is none, as the generated response.
+pub fn respond(result: Result<Job, RequestError>, meta: &RequestMeta) -> GetAsyncJobStatusResponse {
+    match result {
+        Ok(job) => GetAsyncJobStatusResponse::TaskFound(models::JobEnvelope::new(
+            meta_model(meta, StatusCode::OK),
+            job_model(&job),
+        )),
+        Err(error) => error_response(error, meta),
+    }
+}
+
+/// The mapping from errors to HTTP, exactly once.
+fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusResponse {
+    use GetAsyncJobStatusResponse as R;
+    log_error(&error, meta);
+    let envelope = |status: StatusCode, kind: &str, message: String| {
+        models::ErrorEnvelope::new(
+            meta_model(meta, status),
+            models::ApiError::new(kind.into(), message),
+        )
+    };
+    match error {
+        RequestError::MalformedParameter {
+            parameter,
+            expected,
+        } => {
+            let mut body = envelope(
+                StatusCode::BAD_REQUEST,
+                "request_malformed",
+                "Invalid request format".into(),
+            );
+            let description = format!("{parameter} must be a {}", expected.to_ascii_uppercase());
+            let mut rule = models::InvalidRule::new("format".into(), description);
+            rule.params = Some(vec![expected.into()]);
+            body.error.invalid = Some(vec![models::InvalidEntry::new(
+                "path_parameter".into(),
+                parameter,
+                vec![rule],
+            )]);
+            R::InvalidRequestFormat(body)
+        }
+        // 401 is for who you are: no token, or one that fails verification.
+        RequestError::Unauthenticated(auth) => {
+            let (kind, message, challenge) = match auth {
+                AuthError::MissingToken => (
+                    "access_denied",
+                    "Authorization header is not set or doesn't contain Bearer token".to_owned(),
+                    "Bearer",
+                ),
+                AuthError::Expired => (
+                    "jwt_expired",
+                    "JWT expired".to_owned(),
+                    r#"Bearer error="invalid_token""#,
+                ),
+                AuthError::InvalidToken { .. } => (
+                    "access_denied",
+                    "Invalid access token".to_owned(),
+                    r#"Bearer error="invalid_token""#,
+                ),
+                AuthError::MissingHeader(name) => {
+                    ("access_denied", format!("Missing header {name}"), "Bearer")
+                }
+                AuthError::InvalidHeader(name) => {
+                    ("access_denied", format!("Invalid header {name}"), "Bearer")
+                }
+            };
+            R::Unauthorized {
+                body: envelope(StatusCode::UNAUTHORIZED, kind, message),
+                www_authenticate: challenge.to_owned(),
+            }
+        }
+        // 403 is for what you may do: a valid token without the scope.
+        RequestError::MissingScopes { missing } => R::Forbidden(envelope(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "Your scope does not allow to access this resource. Missing allowances: {}",
+                missing.join(", ")
+            ),
+        )),
+        // 404 for whose it is: another client's job reads exactly like no job, so
+        // the answer never reveals that it exists.
+        RequestError::JobNotFound => R::TaskNotFound(envelope(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Task not found".into(),
+        )),
+        RequestError::RouteNotFound => R::TaskNotFound(envelope(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found".into(),
+        )),
+        RequestError::MethodNotAllowed { allow } => R::MethodNotAllowed {
+            body: envelope(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed".into(),
+            ),
+            allow,
+        },
+        // The cause went to the log above; the body never carries it.
+        RequestError::Store(_) | RequestError::Router(_) => R::SubordinateServiceError(envelope(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Subordinate service error".into(),
+        )),
+    }
+}
+
+fn log_error(error: &RequestError, meta: &RequestMeta) {
+    let request_id = &meta.request_id.0;
+    match error {
+        RequestError::Store(_) | RequestError::Router(_) => {
+            tracing::error!(request_id, error = %ErrorChain(error), "request failed");
+        }
+        _ => tracing::debug!(request_id, error = %ErrorChain(error), "request refused"),
+    }
+}
+
+/// An error and its sources, `a: b: c`, for the log.
+pub struct ErrorChain<'a>(pub &'a dyn Error);
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+fn meta_model(meta: &RequestMeta, status: StatusCode) -> models::Meta {
+    models::Meta::new(
+        meta.url.clone(),
+        "object".into(),
+        i32::from(status.as_u16()),
+        meta.request_id.0.clone(),
+    )
+}
+
+/// A job as the contract shows it.
+pub fn job_model(job: &Job) -> models::Job {
+    let (links, error) = match &job.state {
+        State::Pending { .. } => (vec![models::JobLink::new(DEFAULT_ENTITY.into())], None),
+        State::Done { links, .. } => (links.iter().map(link_model).collect(), None),
+        State::Failed { failure, .. } => {
+            // Older clients read the error from `links[].error`; newer ones from
+            // `data.error`. Both get it.
+            let mut link = models::JobLink::new(DEFAULT_ENTITY.into());
+            link.error = Some(failure.display_text());
+            let error =
+                models::JobError::new(failure.code, failure.name.clone(), failure.message.clone());
+            (vec![link], Some(error))
+        }
+    };
+    let mut model = models::Job::new(
+        job.id,
+        job.state.status().into(),
+        job.state.eta().to_rfc3339(),
+        links,
+    );
+    model.error = error;
+    model
+}
+
+fn link_model(link: &Link) -> models::JobLink {
+    let mut model = models::JobLink::new(link.entity.clone());
+    model.href.clone_from(&link.href);
+    model
+}
+
+impl From<Status> for models::JobStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Pending => Self::Pending,
+            Status::Done => Self::Done,
+            Status::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<models::JobStatus> for Status {
+    fn from(status: models::JobStatus) -> Self {
+        match status {
+            models::JobStatus::Pending => Self::Pending,
+            models::JobStatus::Done => Self::Done,
+            models::JobStatus::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<&models::JobError> for Failure {
+    fn from(error: &models::JobError) -> Self {
+        Self {
+            code: error.code,
+            name: error.r#type.clone(),
+            message: error.message.clone(),
+        }
+    }
+}
+
+impl From<&models::JobLink> for Link {
+    fn from(link: &models::JobLink) -> Self {
+        Self {
+            entity: link.entity.clone(),
+            href: link.href.clone(),
+        }
+    }
+}
+
+/// Serializes a generated response, for the answers the layers around the router
+/// make themselves (the router serializes what the API implementation returns).
+pub fn encode(response: GetAsyncJobStatusResponse) -> Response<Body> {
+    use GetAsyncJobStatusResponse as R;
+    let (status, body, header) = match response {
+        R::TaskFound(body) => (StatusCode::OK, to_json(&body), None),
+        R::InvalidRequestFormat(body) => (StatusCode::BAD_REQUEST, to_json(&body), None),
+        R::Unauthorized {
+            body,
+            www_authenticate,
+        } => (
+            StatusCode::UNAUTHORIZED,
+            to_json(&body),
+            Some((WWW_AUTHENTICATE, www_authenticate)),
+        ),
+        R::Forbidden(body) => (StatusCode::FORBIDDEN, to_json(&body), None),
+        R::TaskNotFound(body) => (StatusCode::NOT_FOUND, to_json(&body), None),
+        R::MethodNotAllowed { body, allow } => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            to_json(&body),
+            Some((ALLOW, allow)),
+        ),
+        R::SubordinateServiceError(body) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, to_json(&body), None)
+        }
+    };
+    let mut response = Response::new(BoxBody::new(Full::new(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some((name, value)) = header {
+        insert_header(headers, name, &value);
+    }
+    response
+}
+
+fn insert_header(headers: &mut hyper::HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(_) => {
+            tracing::error!(header = %name, "dropped a response header that is not a valid value")
+        }
+    }
+}
+
+fn to_json(body: &impl serde::Serialize) -> Bytes {
+    // The models hold only strings, numbers and lists, which always serialize.
+    serde_json::to_vec(body).map_or_else(
+        |_| {
+            Bytes::from_static(
+                br#"{"error":{"type":"internal_error","message":"Subordinate service error"}}"#,
+            )
+        },
+        Bytes::from,
+    )
+}

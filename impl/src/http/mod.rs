@@ -1,0 +1,275 @@
+//! HTTP: the generated router, the layers around it, and the accept loop.
+//!
+//! A request goes through, in order:
+//! 1. [`RequestMeta`]: the request id (the caller's `x-request-id` if sane) and
+//!    `meta.url`;
+//! 2. authentication, for paths that name an operation: a failure is answered
+//!    here with 401;
+//! 3. the generated router, which checks the scope from the spec, parses the id
+//!    and calls [`JobsApi`];
+//! 4. the rewrite of whatever the router answered by itself (plain text or an
+//!    empty body) into the JSON envelope. Our own answers are always JSON, so the
+//!    content type tells the two apart.
+//!
+//! Every response leaves with `x-request-id`.
+
+mod api;
+mod context;
+mod error;
+pub mod mapping;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use compositions_api::server::{ApiRequestParser, Service as Router};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use swagger::RequestParser;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use api::JobsApi;
+pub use context::{RequestContext, RequestMeta, X_REQUEST_ID};
+pub use error::RequestError;
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::HttpConfig;
+use mapping::Body;
+
+/// The contract, served at `/openapi.yaml` exactly as committed.
+pub const SPEC: &str = include_str!("../../../spec/compositions.yaml");
+
+/// The path parameter the router names in its parse errors, when it names none.
+const JOB_ID_PARAMETER: &str = "asyncJobId";
+
+/// Methods probed to fill `Allow` on a 405.
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// The whole HTTP application: cheap to clone, one per connection.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    router: Router<JobsApi, RequestContext>,
+    authenticator: Authenticator,
+    public_url: Option<String>,
+    local_addr: SocketAddr,
+}
+
+impl App {
+    /// The application for `api`, authenticating with `authenticator`.
+    pub fn new(
+        api: JobsApi,
+        authenticator: Authenticator,
+        public_url: Option<String>,
+        local_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            inner: Arc::new(AppInner {
+                router: Router::new(api, false),
+                authenticator,
+                public_url,
+                local_addr,
+            }),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for App {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { Ok(inner.handle(request).await) })
+    }
+}
+
+impl AppInner {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let meta = Arc::new(RequestMeta::new(
+            request.headers(),
+            request.uri(),
+            self.public_url.as_deref(),
+            self.local_addr,
+        ));
+        let mut response = self.route(request, &meta).await;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, meta.request_id_header());
+        response
+    }
+
+    async fn route(&self, request: Request<Incoming>, meta: &Arc<RequestMeta>) -> Response<Body> {
+        if request.uri().path() == "/openapi.yaml" {
+            return serve_spec(request.method(), meta);
+        }
+        // Authentication comes first, so that an anonymous caller learns nothing
+        // about ids or scopes. Paths that name no operation skip it: the router
+        // answers them with 404 or 405 before looking at the caller.
+        let caller = if ApiRequestParser::parse_operation_id(&request).is_some() {
+            match self.authenticator.authenticate(request.headers()) {
+                Ok(caller) => Some(caller),
+                Err(e) => return reject(RequestError::Unauthenticated(e), meta),
+            }
+        } else {
+            None
+        };
+        let uri = request.uri().clone();
+        let context = RequestContext::new(Arc::clone(meta), caller);
+        match hyper::service::Service::call(&self.router, (request, context)).await {
+            Ok(response) if response.status().is_success() || is_json(&response) => response,
+            Ok(response) => rewrite_router_answer(response, &uri, meta).await,
+            Err(e) => reject(RequestError::Router(e.to_string()), meta),
+        }
+    }
+}
+
+fn reject(error: RequestError, meta: &RequestMeta) -> Response<Body> {
+    mapping::encode(mapping::respond(Err(error), meta))
+}
+
+fn is_json(response: &Response<Body>) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"))
+}
+
+/// Maps what the generated router answered by itself onto the contract's errors.
+async fn rewrite_router_answer(
+    response: Response<Body>,
+    uri: &Uri,
+    meta: &RequestMeta,
+) -> Response<Body> {
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let text = String::from_utf8_lossy(&body);
+    let error = match status {
+        StatusCode::BAD_REQUEST => RequestError::MalformedParameter {
+            // "Couldn't parse path parameter asyncJobId: …"; the percent-decoding
+            // error names no parameter, and this operation has only one.
+            parameter: text
+                .strip_prefix("Couldn't parse path parameter ")
+                .and_then(|rest| rest.split_once(':'))
+                .map_or(JOB_ID_PARAMETER, |(name, _)| name)
+                .to_owned(),
+            expected: "uuid",
+        },
+        StatusCode::FORBIDDEN => {
+            match text.strip_prefix("Insufficient authorization, missing scopes") {
+                Some(scopes) => RequestError::MissingScopes {
+                    missing: scopes.split_whitespace().map(str::to_owned).collect(),
+                },
+                // "Unauthenticated": the router saw no caller.
+                None => RequestError::Unauthenticated(AuthError::MissingToken),
+            }
+        }
+        StatusCode::NOT_FOUND => RequestError::RouteNotFound,
+        StatusCode::METHOD_NOT_ALLOWED => RequestError::MethodNotAllowed {
+            allow: allowed_methods(uri),
+        },
+        _ => RequestError::Router(format!("{status}: {text}")),
+    };
+    reject(error, meta)
+}
+
+/// The methods the generated router routes for this path.
+fn allowed_methods(uri: &Uri) -> String {
+    METHODS
+        .iter()
+        .filter(|method| {
+            let probe = Request::builder().method(*method).uri(uri.clone()).body(());
+            probe.is_ok_and(|probe| ApiRequestParser::parse_operation_id(&probe).is_some())
+        })
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn serve_spec(method: &Method, meta: &RequestMeta) -> Response<Body> {
+    if method != Method::GET && method != Method::HEAD {
+        return reject(
+            RequestError::MethodNotAllowed {
+                allow: "GET, HEAD".into(),
+            },
+            meta,
+        );
+    }
+    let mut response = Response::new(BoxBody::new(Full::new(Bytes::from_static(SPEC.as_bytes()))));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    response
+}
+
+/// Accepts connections until `shutdown` changes, then lets requests in flight
+/// finish for up to `config.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    config: HttpConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    // Responses are small and written at once; don't let Nagle hold them.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    let connection = builder.serve_connection(TokioIo::new(stream), app.clone());
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown deadline passed with connections still open");
+    }
+}

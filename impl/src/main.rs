@@ -1,0 +1,338 @@
+//! The `compositions-jobs` binary: parses the command line and calls the library.
+//!
+//! Exit codes, for scripts: 0 success (including repeating a transition that
+//! already happened), 1 failure, 2 bad usage or input, 3 job not found,
+//! 4 a conflicting transition was refused.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use compositions_jobs::auth::dev::DevKey;
+use compositions_jobs::config::{Config, Overrides};
+use compositions_jobs::http::mapping::ErrorChain;
+use compositions_jobs::jobs::{
+    DEFAULT_ENTITY, Failure, Kind, LifecycleError, Link, NewJob, Outcome, Timestamp, Transition,
+};
+use compositions_jobs::store::{JobStore, Store, StoreError};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(version, about = "getAsyncJobStatus for the eHealth Compositions API")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Common {
+    /// A TOML config file (see config.example.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The job store, e.g. sqlite:var/jobs.db [default: sqlite:var/jobs.db].
+    #[arg(long, global = true, value_name = "URL")]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API.
+    Serve {
+        /// The address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Trust a signing key made under the data folder. For trying the service out only.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Create, finish and inspect jobs, as a producer or an operator.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Tools for trying the service out.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Create a PENDING job and print its id.
+    Create {
+        /// The MIS client that owns the job.
+        #[arg(long)]
+        client_id: String,
+        /// The request that started it.
+        #[arg(long, default_value = "create", value_parser = parse_kind)]
+        kind: Kind,
+        /// Seconds until the job is expected to finish [default: jobs.default_eta].
+        #[arg(long)]
+        eta_seconds: Option<u64>,
+        /// The request body's hash; a PENDING job of the client with the same hash is returned instead.
+        #[arg(long)]
+        dedup_hash: Option<String>,
+    },
+    /// Finish a PENDING job as DONE with a link to its result.
+    Complete {
+        /// The job.
+        id: Uuid,
+        /// The result, e.g. composition/<uuid>.
+        #[arg(long)]
+        href: String,
+        /// The kind of the result.
+        #[arg(long, default_value = DEFAULT_ENTITY)]
+        entity: String,
+    },
+    /// Finish a PENDING job as FAILED with a business error.
+    Fail {
+        /// The job.
+        id: Uuid,
+        /// The error's number, e.g. 1127.
+        #[arg(long)]
+        code: i32,
+        /// The error's name, e.g. FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS.
+        #[arg(long = "type", value_name = "NAME")]
+        name: String,
+        /// Human-readable text.
+        #[arg(long)]
+        message: String,
+    },
+    /// Print a job as JSON, whoever owns it.
+    Show {
+        /// The job.
+        id: Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Print a JWT that a --dev server accepts.
+    Token {
+        /// The MIS client the token acts for.
+        #[arg(long)]
+        client_id: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "composition:read")]
+        scope: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
+}
+
+fn parse_kind(kind: &str) -> Result<Kind, LifecycleError> {
+    kind.parse()
+}
+
+/// A failure and the exit code it means.
+struct Failed {
+    code: u8,
+    message: String,
+}
+
+impl Failed {
+    fn new(code: u8, error: &dyn std::error::Error) -> Self {
+        Self {
+            code,
+            message: ErrorChain(error).to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(error: StoreError) -> Self {
+        let code = match &error {
+            StoreError::NotFound(_) => 3,
+            StoreError::Lifecycle(LifecycleError::Conflict { .. }) => 4,
+            StoreError::Lifecycle(LifecycleError::Invalid { .. }) => 2,
+            StoreError::Backend { .. }
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Corrupt { .. } => 1,
+        };
+        Self::new(code, &error)
+    }
+}
+
+impl From<LifecycleError> for Failed {
+    fn from(error: LifecycleError) -> Self {
+        Self::new(2, &error)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let dev = matches!(cli.command, Command::Serve { dev: true, .. });
+    init_logging(serving && !dev);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => {
+            eprintln!("error: {}", failed.message);
+            ExitCode::from(failed.code)
+        }
+    }
+}
+
+/// JSON lines when serving in production; readable text otherwise.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failed> {
+    let mut overrides = Overrides {
+        database: cli.common.database,
+        ..Overrides::default()
+    };
+    if let Command::Serve { listen, dev } = &cli.command {
+        overrides.listen.clone_from(listen);
+        overrides.dev = dev.then_some(true);
+    }
+    let config =
+        Config::load(cli.common.config.as_deref(), &overrides).map_err(|e| Failed::new(2, &e))?;
+    match cli.command {
+        Command::Serve { .. } => serve(config).await,
+        Command::Jobs { command } => jobs(config, command).await,
+        Command::Dev {
+            command:
+                DevCommand::Token {
+                    client_id,
+                    scope,
+                    ttl_seconds,
+                },
+        } => {
+            let key = DevKey::load_or_create(&config.data_dir).map_err(|e| Failed::new(1, &e))?;
+            let token = key
+                .mint(&client_id, &scope, Duration::from_secs(ttl_seconds))
+                .map_err(|e| Failed::new(1, &e))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Failed> {
+    if config.dev {
+        DevKey::load_or_create(&config.data_dir).map_err(|e| Failed::new(1, &e))?;
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "DEV MODE: trusting a signing key made under the data folder. Anyone who can \
+             read it can mint tokens. Never run --dev in production."
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Failed::new(1, &e))?;
+    let database = config.database.to_string();
+    let handle = compositions_jobs::start_server(config, listener)
+        .await
+        .map_err(|e| Failed::new(1, &e))?;
+    tracing::info!(address = %handle.local_addr(), %database, "serving getAsyncJobStatus");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
+    let store = Store::open(&config.database, config.jobs.ttl).await?;
+    let now = Timestamp::now();
+    let job = match command {
+        JobsCommand::Create {
+            client_id,
+            kind,
+            eta_seconds,
+            dedup_hash,
+        } => {
+            let new = NewJob {
+                client_id,
+                kind,
+                expected_duration: eta_seconds.map_or(config.jobs.default_eta, Duration::from_secs),
+                dedup_hash,
+            };
+            let created = store.create(new, now).await?;
+            if created.deduplicated {
+                eprintln!("a PENDING job with this dedup hash exists; reusing it");
+            }
+            println!("{}", created.job.id);
+            return Ok(());
+        }
+        JobsCommand::Complete { id, href, entity } => {
+            finish(
+                &store,
+                id,
+                Outcome::Done(vec![Link::new(entity, href)?]),
+                now,
+            )
+            .await?
+        }
+        JobsCommand::Fail {
+            id,
+            code,
+            name,
+            message,
+        } => {
+            finish(
+                &store,
+                id,
+                Outcome::Failed(Failure::new(code, name, message)?),
+                now,
+            )
+            .await?
+        }
+        JobsCommand::Show { id } => store.get(id).await?.ok_or(StoreError::NotFound(id))?,
+    };
+    println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
+    Ok(())
+}
+
+async fn finish(
+    store: &Store,
+    id: Uuid,
+    outcome: Outcome,
+    now: Timestamp,
+) -> Result<compositions_jobs::jobs::Job, StoreError> {
+    let finished = store.finish(id, outcome, now).await?;
+    if finished.transition == Transition::AlreadyApplied {
+        eprintln!("the job had already finished this way; nothing changed");
+    }
+    Ok(finished.job)
+}

@@ -1,0 +1,385 @@
+//! The SQLite backend: a file in WAL mode, one writer, a few readers.
+//!
+//! Reads run inline on the async worker. A lookup by primary key in WAL mode
+//! never waits for writers and takes microseconds, less than a hop to the
+//! blocking pool would cost; the readers' busy timeout bounds the rare stall.
+//! Writes are rare (producers and the CLI) and go through one connection on the
+//! blocking pool, in `IMMEDIATE` transactions with `synchronous = FULL`, so an
+//! acknowledged transition is on disk before the caller hears of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use uuid::Uuid;
+
+use super::{Created, Finished, JobStore, StoreError};
+use crate::jobs::{
+    self, Failure, Job, Kind, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
+};
+
+/// Each entry upgrades the schema by one version (`PRAGMA user_version`).
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
+
+/// The columns [`job_from_row`] reads; a macro so that queries are `&'static str`.
+macro_rules! select_jobs {
+    ($($condition:literal),+) => {
+        concat!(
+            "SELECT id, client_id, kind, status, eta, links, error_code, error_type, ",
+            "error_message, dedup_hash, created_at, finished_at FROM jobs WHERE ",
+            $($condition),+
+        )
+    };
+}
+
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A job store in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    ttl: Duration,
+    writer: Mutex<Connection>,
+    readers: Box<[Mutex<Connection>]>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file at `path` and applies migrations.
+    /// The folder must exist.
+    pub async fn open(path: &Path, ttl: Duration) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let inner = tokio::task::spawn_blocking(move || Inner::open(path, ttl))
+            .await
+            .map_err(|e| StoreError::backend("open the database", e))??;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || write(&mut lock(&inner.writer)))
+            .await
+            .map_err(|e| StoreError::backend("run a write", e))?
+    }
+}
+
+impl Inner {
+    fn open(path: PathBuf, ttl: Duration) -> Result<Self, StoreError> {
+        let mut writer = Connection::open(&path).map_err(|e| StoreError::backend("open", e))?;
+        configure_writer(&writer)?;
+        migrate(&mut writer)?;
+
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let readers = (0..count)
+            .map(|_| open_reader(&path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::backend("open a reader", e))?;
+        Ok(Self {
+            path,
+            ttl,
+            writer: Mutex::new(writer),
+            readers: readers.into_boxed_slice(),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free reader if there is one, else waits for the next in turn.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let count = self.readers.len();
+        (0..count)
+            .find_map(|i| self.readers[(start + i) % count].try_lock().ok())
+            .unwrap_or_else(|| lock(&self.readers[start % count]))
+    }
+}
+
+fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection cannot leave it half-written: SQLite
+    // rolls back an unfinished transaction when its guard drops.
+    connection.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn configure_writer(connection: &Connection) -> Result<(), StoreError> {
+    let failed = |e| StoreError::backend("configure the database", e);
+    connection
+        .busy_timeout(WRITER_BUSY_TIMEOUT)
+        .map_err(failed)?;
+    let mode: String = connection
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(failed)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        let refused = std::io::Error::other(format!("the database stays in {mode} mode"));
+        return Err(StoreError::backend("enable WAL mode", refused));
+    }
+    // FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss.
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(failed)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let connection = Connection::open_with_flags(path, flags)?;
+    connection.busy_timeout(READER_BUSY_TIMEOUT)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let failed = |e| StoreError::backend("migrate", e);
+    // IMMEDIATE: two processes starting together take turns instead of racing.
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed)?;
+    let found: i64 = tx
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(failed)?;
+    if found > known {
+        return Err(StoreError::SchemaTooNew { found, known });
+    }
+    for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+        tx.execute_batch(migration).map_err(failed)?;
+    }
+    tx.pragma_update(None, "user_version", known)
+        .map_err(failed)?;
+    tx.commit().map_err(failed)
+}
+
+impl JobStore for SqliteStore {
+    async fn find_for_client(
+        &self,
+        id: Uuid,
+        client_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Job>, StoreError> {
+        let cutoff = jobs::expiry_cutoff(now, self.inner.ttl);
+        let mut id_buf = Uuid::encode_buffer();
+        let id: &str = id.hyphenated().encode_lower(&mut id_buf);
+        let connection = self.inner.reader();
+        let mut statement = connection
+            .prepare_cached(select_jobs!(
+                "id = ?1 AND client_id = ?2 ",
+                "AND (finished_at IS NULL OR finished_at > ?3)"
+            ))
+            .map_err(|e| StoreError::backend("read a job", e))?;
+        statement
+            .query_row(params![id, client_id, cutoff.as_millis()], job_from_row)
+            .optional()
+            .map_err(|e| StoreError::backend("read a job", e))?
+            .transpose()
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        select_by_id(&self.inner.reader(), id)
+    }
+
+    async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {
+        new.validate()?;
+        self.write(move |connection| {
+            let failed = |e| StoreError::backend("create a job", e);
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(failed)?;
+            if let Some(existing) = select_pending_duplicate(&tx, &new)? {
+                return Ok(Created {
+                    job: existing,
+                    deduplicated: true,
+                });
+            }
+            let job = Job {
+                id: Uuid::new_v4(),
+                client_id: new.client_id,
+                kind: new.kind,
+                state: State::Pending {
+                    eta: now.plus(new.expected_duration),
+                },
+                created_at: now,
+                dedup_hash: new.dedup_hash,
+            };
+            tx.execute(
+                "INSERT INTO jobs (id, client_id, kind, status, eta, dedup_hash, created_at) \
+                 VALUES (?1, ?2, ?3, 'PENDING', ?4, ?5, ?6)",
+                params![
+                    job.id.to_string(),
+                    job.client_id,
+                    job.kind.as_str(),
+                    job.state.eta().as_millis(),
+                    job.dedup_hash,
+                    now.as_millis(),
+                ],
+            )
+            .map_err(failed)?;
+            tx.commit().map_err(failed)?;
+            Ok(Created {
+                job,
+                deduplicated: false,
+            })
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        id: Uuid,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<Finished, StoreError> {
+        self.write(move |connection| {
+            let failed = |e| StoreError::backend("finish a job", e);
+            let tx = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(failed)?;
+            let mut job = select_by_id(&tx, id)?.ok_or(StoreError::NotFound(id))?;
+            let transition = jobs::decide(&job.state, &outcome)?;
+            if transition == Transition::Apply {
+                let (links, failure) = match &outcome {
+                    Outcome::Done(links) => (Some(to_json(links)?), None),
+                    Outcome::Failed(failure) => (None, Some(failure)),
+                };
+                tx.execute(
+                    "UPDATE jobs SET status = ?2, links = ?3, error_code = ?4, error_type = ?5, \
+                     error_message = ?6, finished_at = ?7 WHERE id = ?1 AND status = 'PENDING'",
+                    params![
+                        id.to_string(),
+                        outcome.status().as_str(),
+                        links,
+                        failure.map(|f| f.code),
+                        failure.map(|f| &f.name),
+                        failure.map(|f| &f.message),
+                        now.as_millis(),
+                    ],
+                )
+                .map_err(failed)?;
+                job.state = outcome.into_state(now);
+            }
+            tx.commit().map_err(failed)?;
+            Ok(Finished { job, transition })
+        })
+        .await
+    }
+}
+
+fn select_by_id(connection: &Connection, id: Uuid) -> Result<Option<Job>, StoreError> {
+    let failed = |e| StoreError::backend("read a job", e);
+    connection
+        .prepare_cached(select_jobs!("id = ?1"))
+        .map_err(failed)?
+        .query_row(params![id.to_string()], job_from_row)
+        .optional()
+        .map_err(failed)?
+        .transpose()
+}
+
+fn select_pending_duplicate(
+    connection: &Connection,
+    new: &NewJob,
+) -> Result<Option<Job>, StoreError> {
+    let Some(hash) = &new.dedup_hash else {
+        return Ok(None);
+    };
+    let failed = |e| StoreError::backend("look for a duplicate job", e);
+    connection
+        .prepare_cached(select_jobs!(
+            "client_id = ?1 AND dedup_hash = ?2 AND status = 'PENDING'"
+        ))
+        .map_err(failed)?
+        .query_row(params![new.client_id, hash], job_from_row)
+        .optional()
+        .map_err(failed)?
+        .transpose()
+}
+
+fn to_json(links: &[Link]) -> Result<String, StoreError> {
+    serde_json::to_string(links).map_err(|e| StoreError::backend("encode links", e))
+}
+
+/// Decodes a row; a row that breaks an invariant is reported, never guessed at.
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
+    let id: String = row.get("id")?;
+    let status: String = row.get("status")?;
+    let kind: String = row.get("kind")?;
+    let finished_at: Option<i64> = row.get("finished_at")?;
+    let links: Option<String> = row.get("links")?;
+    let error_code: Option<i32> = row.get("error_code")?;
+    let error_type: Option<String> = row.get("error_type")?;
+    let error_message: Option<String> = row.get("error_message")?;
+    let eta: i64 = row.get("eta")?;
+    let client_id: String = row.get("client_id")?;
+    let dedup_hash: Option<String> = row.get("dedup_hash")?;
+    let created_at: i64 = row.get("created_at")?;
+
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let decoded = (|| {
+        let state = match (
+            status.parse::<Status>(),
+            finished_at.map(Timestamp::from_millis),
+        ) {
+            (Ok(Status::Pending), None) => State::Pending {
+                eta: Timestamp::from_millis(eta),
+            },
+            (Ok(Status::Done), Some(finished_at)) => {
+                let links = links.ok_or_else(|| corrupt("DONE without links".into()))?;
+                let links = serde_json::from_str(&links)
+                    .map_err(|e| corrupt(format!("links are not valid JSON: {e}")))?;
+                State::Done { links, finished_at }
+            }
+            (Ok(Status::Failed), Some(finished_at)) => {
+                match (error_code, error_type, error_message) {
+                    (Some(code), Some(name), Some(message)) => State::Failed {
+                        failure: Failure {
+                            code,
+                            name,
+                            message,
+                        },
+                        finished_at,
+                    },
+                    _ => return Err(corrupt("FAILED without an error".into())),
+                }
+            }
+            (Ok(status), _) => return Err(corrupt(format!("{status} with a wrong finished_at"))),
+            (Err(e), _) => return Err(corrupt(e.to_string())),
+        };
+        Ok(Job {
+            id: id
+                .parse()
+                .map_err(|e| corrupt(format!("id is not a UUID: {e}")))?,
+            client_id,
+            kind: kind.parse::<Kind>().map_err(|e| corrupt(e.to_string()))?,
+            state,
+            created_at: Timestamp::from_millis(created_at),
+            dedup_hash,
+        })
+    })();
+    Ok(decoded)
+}

@@ -1,0 +1,267 @@
+//! The `compositions-jobs` binary as operators and the README use it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_compositions-jobs");
+
+/// The binary with its state under `dir`.
+fn cli(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear().env("COMPOSITIONS_DATA_DIR", dir).env(
+        "COMPOSITIONS_DATABASE",
+        format!("sqlite:{}", dir.join("jobs.db").display()),
+    );
+    command
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    cli(dir).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `serve --dev` on a free port; returns the process and its address.
+fn serve_dev(dir: &Path) -> (Child, SocketAddr) {
+    let mut child = cli(dir)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before serving")
+            .unwrap();
+        if let Some((_, rest)) = line.split_once("address=") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, address)
+}
+
+/// `GET path` with a bearer token; returns the status and the JSON body.
+fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+fn stop(mut child: Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "the server exited with {exit} on SIGTERM");
+}
+
+#[test]
+fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, address) = serve_dev(dir.path());
+
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
+    let path = format!("/api/patients/composition/job/{id}");
+
+    let (status, body) = get(address, &path, &token);
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("PENDING"))
+    );
+
+    let composition = Uuid::new_v4();
+    let href = format!("composition/{composition}");
+    stdout(&run(
+        dir.path(),
+        &["jobs", "complete", &id, "--href", &href],
+    ));
+    let (status, body) = get(address, &path, &token);
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("DONE"))
+    );
+    assert_eq!(body["data"]["links"][0]["href"], href.as_str());
+
+    // A token for another client sees nothing.
+    let other = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-2"]));
+    assert_eq!(get(address, &path, &other).0, 404);
+
+    stop(server);
+}
+
+#[test]
+fn jobs_commands_report_through_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = stdout(&run(
+        dir.path(),
+        &[
+            "jobs",
+            "create",
+            "--client-id",
+            "mis-1",
+            "--kind",
+            "erln_resend",
+        ],
+    ));
+
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&run(dir.path(), &["jobs", "show", &id]))).unwrap();
+    assert_eq!(
+        (shown["status"].as_str(), shown["kind"].as_str()),
+        (Some("PENDING"), Some("erln_resend"))
+    );
+
+    let fail = [
+        "jobs",
+        "fail",
+        &id,
+        "--code",
+        "1127",
+        "--type",
+        "FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS",
+        "--message",
+        "exists",
+    ];
+    let failed: serde_json::Value = serde_json::from_str(&stdout(&run(dir.path(), &fail))).unwrap();
+    assert_eq!(failed["error"]["code"], 1127);
+    // The same transition again succeeds and changes nothing.
+    let again: serde_json::Value = serde_json::from_str(&stdout(&run(dir.path(), &fail))).unwrap();
+    assert_eq!(again, failed);
+
+    let exit = |args: &[&str]| run(dir.path(), args).status.code();
+    let href = format!("composition/{}", Uuid::new_v4());
+    assert_eq!(
+        exit(&["jobs", "complete", &id, "--href", &href]),
+        Some(4),
+        "conflict"
+    );
+    assert_eq!(
+        exit(&["jobs", "show", &Uuid::new_v4().to_string()]),
+        Some(3),
+        "not found"
+    );
+    assert_eq!(
+        exit(&[
+            "jobs",
+            "fail",
+            &id,
+            "--code",
+            "0",
+            "--type",
+            "X",
+            "--message",
+            "m"
+        ]),
+        Some(2),
+        "bad input"
+    );
+    assert_eq!(
+        exit(&["jobs", "create", "--client-id", "mis-1", "--kind", "delete"]),
+        Some(2),
+        "bad kind"
+    );
+}
+
+#[test]
+fn a_dedup_hash_returns_the_pending_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let create = [
+        "jobs",
+        "create",
+        "--client-id",
+        "mis-1",
+        "--dedup-hash",
+        "sha256:1f2e",
+    ];
+    let first = stdout(&run(dir.path(), &create));
+    let second = run(dir.path(), &create);
+    assert_eq!(stdout(&second), first);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("reusing"));
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[jobs]\nttl = \"soon\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let no_env: &[(&str, &str)] = &[];
+    let cases = [
+        (&["serve", "--listen", "nowhere"][..], no_env, "listen"),
+        (
+            &["serve", "--database", "mysql://x"][..],
+            no_env,
+            "database",
+        ),
+        (
+            &["serve"][..],
+            &[("COMPOSITIONS_JOBS__TTL", "0s")][..],
+            "jobs.ttl",
+        ),
+        (&["serve", "--config", config][..], no_env, "jobs.ttl"),
+    ];
+    for (args, env, key) in cases {
+        let output = cli(dir.path())
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{args:?} does not name {key}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_without_keys_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("auth.jwks"));
+}
+
+#[test]
+fn the_example_config_is_valid_and_shows_the_defaults() {
+    use compositions_jobs::config::{Config, Overrides};
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.example.toml");
+    let loaded = Config::load(Some(&example), &Overrides::default()).unwrap();
+    let defaults = Config::default().validated().unwrap();
+    assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+}

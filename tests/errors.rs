@@ -1,0 +1,320 @@
+//! Every error this service sends, over raw HTTP: the cases the typed client
+//! cannot make. Each asserts the status, the content type, the headers and the
+//! whole envelope.
+
+#![allow(clippy::unwrap_used)]
+
+use compositions_tests::tokens::{self, TestKey};
+use compositions_tests::{RawResponse, TestContext, job_path, raw};
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const MISSING: &str = "Authorization header is not set or doesn't contain Bearer token";
+const INVALID: &str = "Invalid access token";
+const CHALLENGE_INVALID: &str = r#"Bearer error="invalid_token""#;
+
+/// Asserts that `response` is exactly the envelope for `error` with `status`.
+fn assert_envelope(
+    ctx: &TestContext,
+    response: &RawResponse,
+    path: &str,
+    status: u16,
+    error: Value,
+) {
+    assert_eq!(
+        response.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.json(), ctx.expected_error(response, path, error));
+}
+
+fn denied(message: &str) -> Value {
+    json!({"type": "access_denied", "message": message})
+}
+
+/// A 401 for `token` (sent as `Authorization: Bearer <token>`).
+async fn assert_rejected_token(ctx: &TestContext, token: &str, error: Value, challenge: &str) {
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let response = ctx
+        .get_raw(&path, &[("Authorization", &format!("Bearer {token}"))])
+        .await;
+    assert_envelope(ctx, &response, &path, 401, error);
+    assert_eq!(response.header("www-authenticate"), Some(challenge));
+}
+
+#[tokio::test]
+async fn a_non_uuid_id_is_invalid_request_format() {
+    let ctx = TestContext::new().await;
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    // The second is not valid UTF-8 once percent-decoded.
+    for id in ["not-a-uuid", "%FF", "89678f60-4cdc-4fe3-ae83-e8b3ebd35c5"] {
+        let path = job_path(id);
+        let response = ctx.get_raw(&path, &[("Authorization", &bearer)]).await;
+        let error = json!({
+            "type": "request_malformed",
+            "message": "Invalid request format",
+            "invalid": [{
+                "entry_type": "path_parameter",
+                "entry": "asyncJobId",
+                "rules": [{"rule": "format", "params": ["uuid"], "description": "asyncJobId must be a UUID"}],
+            }],
+        });
+        assert_envelope(&ctx, &response, &path, 400, error);
+    }
+}
+
+#[tokio::test]
+async fn no_authorization_is_401_with_a_bearer_challenge() {
+    let ctx = TestContext::new().await;
+    let path = job_path(Uuid::new_v4());
+
+    let response = ctx.get_raw(&path, &[]).await;
+
+    assert_envelope(&ctx, &response, &path, 401, denied(MISSING));
+    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test]
+async fn an_authorization_header_without_a_bearer_token_is_401() {
+    let ctx = TestContext::new().await;
+    let path = job_path(Uuid::new_v4());
+    for value in [
+        "Basic bWlzOnNlY3JldA==",
+        "Bearer",
+        "Bearer    ",
+        "Token abc",
+    ] {
+        let response = ctx.get_raw(&path, &[("Authorization", value)]).await;
+        assert_envelope(&ctx, &response, &path, 401, denied(MISSING));
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_authorization_header_is_401_invalid_token() {
+    let ctx = TestContext::new().await;
+    let path = job_path(Uuid::new_v4());
+    let valid = tokens::valid("mis-1");
+    let cases: Vec<Vec<u8>> = vec![
+        // Not a JWT at all.
+        b"Bearer abc".to_vec(),
+        b"Bearer a.b.c".to_vec(),
+        // Bytes outside ASCII.
+        [&b"Bearer "[..], &[0xff, 0xfe, 0x80]].concat(),
+        // Over the size limit.
+        format!("Bearer {}", "a".repeat(9 * 1024)).into_bytes(),
+    ];
+    for value in cases {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: ",
+            ctx.addr
+        )
+        .into_bytes();
+        request.extend(&value);
+        request.extend(b"\r\n\r\n");
+        let response = raw::send(ctx.addr, &request).await;
+        assert_envelope(&ctx, &response, &path, 401, denied(INVALID));
+    }
+    // Two Authorization headers: which one is meant is ambiguous.
+    let bearer = format!("Bearer {valid}");
+    let response = ctx
+        .get_raw(
+            &path,
+            &[("Authorization", &bearer), ("Authorization", &bearer)],
+        )
+        .await;
+    assert_envelope(&ctx, &response, &path, 401, denied(INVALID));
+}
+
+#[tokio::test]
+async fn an_expired_token_is_jwt_expired() {
+    let ctx = TestContext::new().await;
+    let mut claims = tokens::claims("mis-1");
+    claims["exp"] = json!(tokens::now() - 120);
+    let token = tokens::sign(&claims, TestKey::Rsa);
+
+    let error = json!({"type": "jwt_expired", "message": "JWT expired"});
+    assert_rejected_token(&ctx, &token, error, CHALLENGE_INVALID).await;
+}
+
+#[tokio::test]
+async fn tokens_that_fail_verification_are_401_invalid_access_token() {
+    let ctx = TestContext::new().await;
+    let claims = tokens::claims("mis-1");
+    let with = |key: &str, value: Value| {
+        let mut claims = claims.clone();
+        claims[key] = value;
+        tokens::sign(&claims, TestKey::Rsa)
+    };
+    let without = |key: &str| {
+        let mut claims = claims.clone();
+        claims.as_object_mut().unwrap().remove(key);
+        tokens::sign(&claims, TestKey::Rsa)
+    };
+    let valid = tokens::valid("mis-1");
+    let (head, rest) = valid.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let other_payload = tokens::valid("mis-2");
+    let other_payload = other_payload.split('.').nth(1).unwrap();
+
+    let cases = [
+        (
+            "signed by an untrusted key",
+            tokens::sign(&claims, TestKey::Untrusted),
+        ),
+        (
+            "payload swapped under a valid signature",
+            format!("{head}.{other_payload}.{signature}"),
+        ),
+        ("wrong audience", with("aud", json!("someone-else"))),
+        ("wrong issuer", with("iss", json!("https://evil.example"))),
+        ("not yet valid", with("nbf", json!(tokens::now() + 3600))),
+        ("no exp", without("exp")),
+        ("no client_id", without("client_id")),
+        ("empty client_id", with("client_id", json!(""))),
+        (
+            "alg none",
+            tokens::forge(
+                &json!({"alg": "none", "typ": "JWT", "kid": "test-rsa"}),
+                &claims.to_string(),
+                b"",
+            ),
+        ),
+        (
+            "HS256 keyed with the RSA public key",
+            tokens::hs256_with_public_key("mis-1"),
+        ),
+        (
+            "RS256 header on the Ed25519 key",
+            tokens::sign_with_header(&claims, TestKey::Rsa, Algorithm::RS256, Some("test-ed")),
+        ),
+        (
+            "unknown kid",
+            tokens::sign_with_header(&claims, TestKey::Rsa, Algorithm::RS256, Some("nobody")),
+        ),
+        (
+            "no kid",
+            tokens::sign_with_header(&claims, TestKey::Rsa, Algorithm::RS256, None),
+        ),
+        (
+            "kid with a path",
+            tokens::sign_with_header(
+                &claims,
+                TestKey::Rsa,
+                Algorithm::RS256,
+                Some("../../etc/passwd"),
+            ),
+        ),
+    ];
+    for (case, token) in cases {
+        println!("case: {case}");
+        assert_rejected_token(&ctx, &token, denied(INVALID), CHALLENGE_INVALID).await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_the_scope_is_403_forbidden() {
+    let ctx = TestContext::new().await;
+    let job = ctx.create_job("mis-1").await;
+    let path = job_path(job.id);
+    let error = json!({
+        "type": "forbidden",
+        "message": "Your scope does not allow to access this resource. Missing allowances: composition:read",
+    });
+    for scope in [json!("composition:write openid"), json!("")] {
+        let mut claims = tokens::claims("mis-1");
+        claims["scope"] = scope;
+        let token = tokens::sign(&claims, TestKey::Rsa);
+        let response = ctx
+            .get_raw(&path, &[("Authorization", &format!("Bearer {token}"))])
+            .await;
+        assert_envelope(&ctx, &response, &path, 403, error.clone());
+    }
+}
+
+#[tokio::test]
+async fn another_clients_job_is_task_not_found() {
+    let ctx = TestContext::new().await;
+    let job = ctx.create_job("mis-2").await;
+    let path = job_path(job.id);
+
+    let response = ctx
+        .get_raw(
+            &path,
+            &[(
+                "Authorization",
+                &format!("Bearer {}", tokens::valid("mis-1")),
+            )],
+        )
+        .await;
+
+    assert_envelope(
+        &ctx,
+        &response,
+        &path,
+        404,
+        json!({"type": "not_found", "message": "Task not found"}),
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_404_without_authentication() {
+    let ctx = TestContext::new().await;
+    for path in [
+        "/",
+        "/api/patients/composition/job",
+        "/api/patients/composition/job/x/y",
+        "/docs.php",
+    ] {
+        let response = ctx.get_raw(path, &[]).await;
+        assert_envelope(
+            &ctx,
+            &response,
+            path,
+            404,
+            json!({"type": "not_found", "message": "Not found"}),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_with_allow() {
+    let ctx = TestContext::new().await;
+    let path = job_path(Uuid::new_v4());
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    let error = json!({"type": "method_not_allowed", "message": "Method not allowed"});
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let response = raw::request(
+            ctx.addr,
+            method,
+            &path,
+            &[("Authorization", &bearer), ("Content-Length", "0")],
+        )
+        .await;
+        assert_envelope(&ctx, &response, &path, 405, error.clone());
+        assert_eq!(response.header("allow"), Some("GET"));
+    }
+    let response = raw::request(
+        ctx.addr,
+        "POST",
+        "/openapi.yaml",
+        &[("Content-Length", "0")],
+    )
+    .await;
+    assert_envelope(&ctx, &response, "/openapi.yaml", 405, error);
+    assert_eq!(response.header("allow"), Some("GET, HEAD"));
+}
+
+#[tokio::test]
+async fn every_error_carries_the_request_id_in_header_and_body() {
+    let ctx = TestContext::new().await;
+    let path = job_path(Uuid::new_v4());
+
+    let response = ctx.get_raw(&path, &[("x-request-id", "trace-123")]).await;
+
+    assert_eq!(response.header("x-request-id"), Some("trace-123"));
+    assert_eq!(response.json()["meta"]["request_id"], "trace-123");
+}

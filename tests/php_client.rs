@@ -1,0 +1,166 @@
+//! The six rules of the production PHP MIS client, one test each: every response
+//! this service sends must be readable by it. Each test also shows that the
+//! emulation in `support/php.rs` rejects what the real client rejects.
+
+#![allow(clippy::unwrap_used)]
+
+use compositions_tests::php::{Reading, read};
+use compositions_tests::{RawResponse, TestContext, job_path, tokens};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A job of `mis-1` in each status, polled over HTTP.
+async fn one_of_each(ctx: &TestContext) -> (RawResponse, RawResponse, RawResponse, Uuid) {
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    let pending = ctx.create_job("mis-1").await;
+    let done = ctx.create_job("mis-1").await;
+    let failed = ctx.create_job("mis-1").await;
+    let composition = Uuid::new_v4();
+    ctx.complete_job(done.id, composition).await;
+    ctx.fail_job(
+        failed.id,
+        1002,
+        "COMPOSITION_ALREADY_EXISTS_FOR_SUBJECT",
+        "Composition already exists",
+    )
+    .await;
+    let mut responses = Vec::new();
+    for id in [pending.id, done.id, failed.id] {
+        responses.push(
+            ctx.get_raw(&job_path(id), &[("Authorization", &bearer)])
+                .await,
+        );
+    }
+    let failed = responses.pop().unwrap();
+    let done = responses.pop().unwrap();
+    let pending = responses.pop().unwrap();
+    (pending, done, failed, composition)
+}
+
+#[tokio::test]
+async fn rule_1_data_is_always_an_object() {
+    for broken in [json!({}), json!({"data": []}), json!({"data": null})] {
+        assert!(matches!(read(200, &broken), Reading::Unusable(_)));
+    }
+    let ctx = TestContext::new().await;
+    let (pending, done, failed, _) = one_of_each(&ctx).await;
+    for response in [pending, done, failed] {
+        assert!(response.json()["data"].is_object());
+        assert!(!matches!(
+            read(response.status, &response.json()),
+            Reading::Unusable(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn rule_2_status_is_exactly_pending_done_or_failed() {
+    for status in ["pending", "processed", "Done"] {
+        let body = json!({"data": {"id": "x", "status": status, "eta": "x", "links": []}});
+        assert!(matches!(read(200, &body), Reading::Unusable(_)), "{status}");
+    }
+    let ctx = TestContext::new().await;
+    let (pending, done, failed, _) = one_of_each(&ctx).await;
+    let statuses: Vec<Value> = [pending, done, failed]
+        .iter()
+        .map(|r| r.json()["data"]["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("PENDING"), json!("DONE"), json!("FAILED")]);
+}
+
+#[tokio::test]
+async fn rule_3_id_and_eta_are_strings_and_links_an_array() {
+    for body in [
+        json!({"data": {"id": 1, "status": "PENDING", "eta": "x", "links": []}}),
+        json!({"data": {"id": "x", "status": "PENDING", "eta": 1_666_614_949, "links": []}}),
+        json!({"data": {"id": "x", "status": "PENDING", "eta": "x", "links": "composition/x"}}),
+    ] {
+        assert!(matches!(read(200, &body), Reading::Unusable(_)), "{body}");
+    }
+    let ctx = TestContext::new().await;
+    let (pending, done, failed, _) = one_of_each(&ctx).await;
+    for response in [pending, done, failed] {
+        let data = &response.json()["data"];
+        assert!(
+            data["id"].is_string() && data["eta"].is_string() && data["links"].is_array(),
+            "{data}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rule_4_the_composition_id_is_found_in_the_links() {
+    let plural = json!({"data": {"id": "x", "status": "DONE", "eta": "x",
+        "links": [{"entity": "e", "href": format!("compositions/{}", Uuid::new_v4())}]}});
+    assert_eq!(
+        read(200, &plural),
+        Reading::Done {
+            composition_id: None
+        }
+    );
+
+    let ctx = TestContext::new().await;
+    let (pending, done, _, composition) = one_of_each(&ctx).await;
+    assert_eq!(
+        read(done.status, &done.json()),
+        Reading::Done {
+            composition_id: Some(composition.to_string())
+        }
+    );
+    assert_eq!(read(pending.status, &pending.json()), Reading::Pending);
+}
+
+#[tokio::test]
+async fn rule_5_errors_show_as_code_colon_message_without_a_double_prefix() {
+    let coded = json!({"data": {"id": "x", "status": "FAILED", "eta": "x", "links": [],
+        "error": {"code": 1127, "message": "1127: already coded"}}});
+    assert_eq!(
+        read(200, &coded),
+        Reading::Failed {
+            errors: vec!["1127: already coded".into()]
+        }
+    );
+
+    let ctx = TestContext::new().await;
+    let (_, _, failed, _) = one_of_each(&ctx).await;
+    let Reading::Failed { errors } = read(failed.status, &failed.json()) else {
+        panic!("not read as FAILED: {}", failed.json());
+    };
+    // data.error and links[0].error both say the same, each coded once.
+    assert!(!errors.is_empty());
+    for error in &errors {
+        assert_eq!(error, "1002: Composition already exists");
+    }
+}
+
+#[tokio::test]
+async fn rule_6_every_error_status_carries_error_message() {
+    assert!(matches!(read(404, &json!({})), Reading::Unusable(_)));
+    let ctx = TestContext::new().await;
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    let mut wrong_scope = tokens::claims("mis-1");
+    wrong_scope["scope"] = json!("openid");
+    let wrong_scope = format!(
+        "Bearer {}",
+        tokens::sign(&wrong_scope, tokens::TestKey::Rsa)
+    );
+    let unknown = job_path(Uuid::new_v4());
+    let responses = [
+        ctx.get_raw(&job_path("nope"), &[("Authorization", &bearer)])
+            .await,
+        ctx.get_raw(&unknown, &[]).await,
+        ctx.get_raw(&unknown, &[("Authorization", &wrong_scope)])
+            .await,
+        ctx.get_raw(&unknown, &[("Authorization", &bearer)]).await,
+        ctx.get_raw("/nowhere", &[]).await,
+        compositions_tests::raw::request(ctx.addr, "DELETE", &unknown, &[]).await,
+    ];
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [400, 401, 403, 404, 404, 405]);
+    for response in responses {
+        let Reading::HttpError { message } = read(response.status, &response.json()) else {
+            panic!("unreadable error: {}", response.json());
+        };
+        assert!(!message.is_empty());
+    }
+}

@@ -1,0 +1,385 @@
+//! The job store's lifecycle rules, one suite for every backend.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use compositions_jobs::config::DatabaseUrl;
+use compositions_jobs::jobs::{
+    Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
+};
+use compositions_jobs::store::{JobStore, Store, StoreError};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// A fresh store of each backend, with whatever keeps it alive.
+async fn backends() -> Vec<(Store, TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
+    vec![(Store::open(&url, TTL).await.unwrap(), dir)]
+}
+
+fn new_job(client_id: &str, dedup_hash: Option<&str>) -> NewJob {
+    NewJob {
+        client_id: client_id.into(),
+        kind: Kind::Sign,
+        expected_duration: Duration::from_secs(20),
+        dedup_hash: dedup_hash.map(str::to_owned),
+    }
+}
+
+fn done(composition: &str) -> Outcome {
+    Outcome::Done(vec![
+        Link::new("eHealth/resources", format!("composition/{composition}")).unwrap(),
+    ])
+}
+
+fn failed(code: i32) -> Outcome {
+    Outcome::Failed(
+        Failure::new(code, "INVALID_NEWBORN_CATEGORY", "Invalid newborn category").unwrap(),
+    )
+}
+
+fn conflict(current: Status, requested: Status) -> LifecycleError {
+    LifecycleError::Conflict { current, requested }
+}
+
+#[tokio::test]
+async fn a_new_job_is_pending_with_an_eta() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let created = store.create(new_job("mis-1", None), now).await.unwrap();
+
+        assert!(!created.deduplicated);
+        let job = created.job;
+        assert_eq!(job.id.get_version_num(), 4);
+        assert_eq!(job.kind, Kind::Sign);
+        assert_eq!(
+            job.state,
+            State::Pending {
+                eta: now.plus(Duration::from_secs(20))
+            }
+        );
+        assert_eq!(
+            store.find_for_client(job.id, "mis-1", now).await.unwrap(),
+            Some(job.clone())
+        );
+        assert_eq!(store.get(job.id).await.unwrap(), Some(job));
+    }
+}
+
+#[tokio::test]
+async fn only_the_owner_finds_a_job() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
+
+        assert_eq!(
+            store.find_for_client(job.id, "mis-2", now).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .find_for_client(Uuid::new_v4(), "mis-1", now)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn pending_becomes_done_once_and_repeating_it_is_idempotent() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
+        let later = now.plus(Duration::from_secs(3));
+
+        let first = store.finish(job.id, done("a"), later).await.unwrap();
+        assert_eq!(first.transition, Transition::Apply);
+        assert_eq!(first.job.state.status(), Status::Done);
+        assert_eq!(first.job.state.eta(), later);
+
+        let again = store
+            .finish(job.id, done("a"), later.plus(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        assert_eq!(again.transition, Transition::AlreadyApplied);
+        // Nothing changed, not even the finish time.
+        assert_eq!(again.job, first.job);
+        assert_eq!(store.get(job.id).await.unwrap(), Some(first.job));
+    }
+}
+
+#[tokio::test]
+async fn pending_becomes_failed_once_and_repeating_it_is_idempotent() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
+
+        let first = store.finish(job.id, failed(1081), now).await.unwrap();
+        assert_eq!(first.transition, Transition::Apply);
+        let State::Failed { failure, .. } = &first.job.state else {
+            panic!("not FAILED: {:?}", first.job.state);
+        };
+        assert_eq!(failure.code, 1081);
+
+        let again = store.finish(job.id, failed(1081), now).await.unwrap();
+        assert_eq!(again.transition, Transition::AlreadyApplied);
+        assert_eq!(again.job, first.job);
+    }
+}
+
+#[tokio::test]
+async fn a_finished_job_refuses_any_other_outcome() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let done_job = store.create(new_job("mis-1", None), now).await.unwrap().job;
+        store.finish(done_job.id, done("a"), now).await.unwrap();
+        let failed_job = store.create(new_job("mis-1", None), now).await.unwrap().job;
+        store
+            .finish(failed_job.id, failed(1081), now)
+            .await
+            .unwrap();
+
+        let refusals = [
+            (
+                done_job.id,
+                failed(1081),
+                conflict(Status::Done, Status::Failed),
+            ),
+            (done_job.id, done("b"), conflict(Status::Done, Status::Done)),
+            (
+                failed_job.id,
+                done("a"),
+                conflict(Status::Failed, Status::Done),
+            ),
+            (
+                failed_job.id,
+                failed(1160),
+                conflict(Status::Failed, Status::Failed),
+            ),
+        ];
+        for (id, outcome, expected) in refusals {
+            let before = store.get(id).await.unwrap();
+            match store.finish(id, outcome, now).await {
+                Err(StoreError::Lifecycle(error)) => assert_eq!(error, expected),
+                other => panic!("expected {expected}, got {other:?}"),
+            }
+            assert_eq!(
+                store.get(id).await.unwrap(),
+                before,
+                "a refused transition changed the job"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn finishing_an_unknown_job_is_not_found() {
+    for (store, _dir) in backends().await {
+        let id = Uuid::new_v4();
+        let result = store.finish(id, done("a"), Timestamp::now()).await;
+        assert!(
+            matches!(result, Err(StoreError::NotFound(missing)) if missing == id),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_transitions_leave_exactly_one_winner() {
+    for (store, _dir) in backends().await {
+        let store = Arc::new(store);
+        let job = store
+            .create(new_job("mis-1", None), Timestamp::now())
+            .await
+            .unwrap()
+            .job;
+        let attempts = (0..16).map(|i| {
+            let store = Arc::clone(&store);
+            let outcome = if i % 2 == 0 {
+                done(&format!("c{i}"))
+            } else {
+                failed(1000 + i)
+            };
+            tokio::spawn(async move { store.finish(job.id, outcome, Timestamp::now()).await })
+        });
+        let mut applied = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(finished) => {
+                    assert_eq!(finished.transition, Transition::Apply);
+                    applied += 1;
+                }
+                Err(StoreError::Lifecycle(LifecycleError::Conflict { .. })) => {}
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(applied, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_pending_job_returns_that_job() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let first = store
+            .create(new_job("mis-1", Some("sha256:abc")), now)
+            .await
+            .unwrap();
+        let second = store
+            .create(new_job("mis-1", Some("sha256:abc")), now)
+            .await
+            .unwrap();
+        assert!(second.deduplicated);
+        assert_eq!(second.job, first.job);
+
+        // Another client, another hash, or no hash: a new job.
+        for (client, hash) in [
+            ("mis-2", Some("sha256:abc")),
+            ("mis-1", Some("sha256:def")),
+            ("mis-1", None),
+        ] {
+            let other = store.create(new_job(client, hash), now).await.unwrap();
+            assert!(!other.deduplicated);
+            assert_ne!(other.job.id, first.job.id);
+        }
+
+        // Once the job has finished, the same request starts a new one.
+        store.finish(first.job.id, done("a"), now).await.unwrap();
+        let after = store
+            .create(new_job("mis-1", Some("sha256:abc")), now)
+            .await
+            .unwrap();
+        assert!(!after.deduplicated);
+        assert_ne!(after.job.id, first.job.id);
+    }
+}
+
+#[tokio::test]
+async fn a_finished_job_expires_after_the_ttl_and_a_pending_one_never() {
+    for (store, _dir) in backends().await {
+        let now = Timestamp::now();
+        let finished = store.create(new_job("mis-1", None), now).await.unwrap().job;
+        store.finish(finished.id, done("a"), now).await.unwrap();
+        let pending = store.create(new_job("mis-1", None), now).await.unwrap().job;
+
+        let just_before = now.plus(TTL).minus(Duration::from_millis(1));
+        assert!(
+            store
+                .find_for_client(finished.id, "mis-1", just_before)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            store
+                .find_for_client(finished.id, "mis-1", now.plus(TTL))
+                .await
+                .unwrap(),
+            None
+        );
+        let much_later = now.plus(TTL * 10);
+        assert!(
+            store
+                .find_for_client(pending.id, "mis-1", much_later)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_producer_input_is_refused_before_anything_is_written() {
+    for (store, _dir) in backends().await {
+        let result = store.create(new_job("", None), Timestamp::now()).await;
+        assert!(matches!(
+            result,
+            Err(StoreError::Lifecycle(LifecycleError::Invalid {
+                field: "client_id",
+                ..
+            }))
+        ));
+        let result = store
+            .create(new_job("mis\n1", None), Timestamp::now())
+            .await;
+        assert!(matches!(
+            result,
+            Err(StoreError::Lifecycle(LifecycleError::Invalid { .. }))
+        ));
+    }
+    assert!(Failure::new(0, "X", "m").is_err());
+    assert!(Failure::new(1127, "", "m").is_err());
+    assert!(Failure::new(1127, "X", " ").is_err());
+    assert!(Link::new("eHealth/resources", "").is_err());
+    assert!(Link::new("eHealth/resources", "x".repeat(3000)).is_err());
+}
+
+#[tokio::test]
+async fn transitions_survive_reopening_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
+    let store = Store::open(&url, TTL).await.unwrap();
+    let job = store
+        .create(new_job("mis-1", None), Timestamp::now())
+        .await
+        .unwrap()
+        .job;
+    let finished = store
+        .finish(job.id, failed(1127), Timestamp::now())
+        .await
+        .unwrap()
+        .job;
+    drop(store);
+
+    let reopened = Store::open(&url, TTL).await.unwrap();
+
+    assert_eq!(reopened.get(job.id).await.unwrap(), Some(finished));
+}
+
+#[tokio::test]
+async fn the_schema_refuses_illegal_rows_from_any_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    Store::open(&DatabaseUrl::Sqlite(path.clone()), TTL)
+        .await
+        .unwrap();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let illegal = [
+        // DONE without finished_at or links
+        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('a', 'c', 'create', 'DONE', 0, 0)",
+        // PENDING with finished_at
+        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at, finished_at) VALUES ('b', 'c', 'create', 'PENDING', 0, 0, 1)",
+        // FAILED without an error
+        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at, finished_at) VALUES ('c', 'c', 'create', 'FAILED', 0, 0, 1)",
+        // lowercase status
+        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('d', 'c', 'create', 'pending', 0, 0)",
+        // unknown kind
+        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('e', 'c', 'delete', 'PENDING', 0, 0)",
+    ];
+    for sql in illegal {
+        assert!(connection.execute(sql, []).is_err(), "accepted: {sql}");
+    }
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+
+    let result = Store::open(&DatabaseUrl::Sqlite(path), TTL).await;
+
+    assert!(
+        matches!(result, Err(StoreError::SchemaTooNew { found: 99, .. })),
+        "{result:?}"
+    );
+}

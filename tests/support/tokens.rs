@@ -1,0 +1,98 @@
+//! Tokens signed with the committed test keys, good ones and hostile ones.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::fixture;
+
+/// The issuer the test server trusts.
+pub const ISSUER: &str = "https://auth.test.ehealth.example";
+/// The audience the test server requires.
+pub const AUDIENCE: &str = "compositions-jobs-test";
+/// The scope getAsyncJobStatus requires.
+pub const SCOPE: &str = "composition:read";
+
+/// A signing key of the test set.
+#[derive(Clone, Copy, Debug)]
+pub enum TestKey {
+    /// RSA, `kid: test-rsa`, in the trusted set.
+    Rsa,
+    /// Ed25519, `kid: test-ed`, in the trusted set.
+    Ed25519,
+    /// Ed25519 that the server does not trust.
+    Untrusted,
+}
+
+fn encoding_key(key: TestKey) -> EncodingKey {
+    let read = |name| std::fs::read(fixture(name)).unwrap();
+    match key {
+        TestKey::Rsa => EncodingKey::from_rsa_pem(&read("rsa-test-key.pem")).unwrap(),
+        TestKey::Ed25519 => EncodingKey::from_ed_pem(&read("ed25519-test-key.pem")).unwrap(),
+        TestKey::Untrusted => EncodingKey::from_ed_pem(&read("ed25519-untrusted-key.pem")).unwrap(),
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap()
+}
+
+/// Claims of a valid token for `client_id`, valid for five minutes.
+pub fn claims(client_id: &str) -> Value {
+    json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": format!("user-of-{client_id}"),
+        "client_id": client_id,
+        "scope": format!("openid {SCOPE}"),
+        "iat": now(),
+        "exp": now() + 300,
+    })
+}
+
+/// `claims` signed with `key`, with the key's own `alg` and `kid`.
+pub fn sign(claims: &Value, key: TestKey) -> String {
+    let (alg, kid) = match key {
+        TestKey::Rsa => (Algorithm::RS256, "test-rsa"),
+        TestKey::Ed25519 => (Algorithm::EdDSA, "test-ed"),
+        TestKey::Untrusted => (Algorithm::EdDSA, "test-ed"),
+    };
+    sign_with_header(claims, key, alg, Some(kid))
+}
+
+/// `claims` signed with `key` under a chosen header.
+pub fn sign_with_header(claims: &Value, key: TestKey, alg: Algorithm, kid: Option<&str>) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &encoding_key(key)).unwrap()
+}
+
+/// A valid RS256 token for `client_id`.
+pub fn valid(client_id: &str) -> String {
+    sign(&claims(client_id), TestKey::Rsa)
+}
+
+/// A token assembled by hand: any header, any payload text, any signature.
+pub fn forge(header: &Value, payload: &str, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(payload),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// An HS256 token keyed with the RSA *public* key, the classic confusion attack.
+pub fn hs256_with_public_key(client_id: &str) -> String {
+    let public = std::fs::read(fixture("rsa-test-key.pub.pem")).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("test-rsa".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims(client_id),
+        &EncodingKey::from_secret(&public),
+    )
+    .unwrap()
+}
