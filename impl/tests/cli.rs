@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -37,30 +38,68 @@ fn stdout(output: &Output) -> String {
         .to_owned()
 }
 
-/// `serve --dev` on a free port; returns the process and its address.
-fn serve_dev(dir: &Path) -> (Child, SocketAddr) {
-    let mut child = cli(dir)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let address = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before serving")
+/// A `serve --dev` process on a free port, with its log collected.
+struct Server {
+    child: Child,
+    address: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let mut child = cli(dir)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        if let Some((_, rest)) = line.split_once("address=") {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before serving")
+                .unwrap();
+            if let Some((_, rest)) = line.split_once("address=") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep reading the log so the server never blocks on a full pipe.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .for_each(|line| sink.lock().unwrap().push(line));
+        });
+        Self {
+            child,
+            address,
+            log,
         }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, address)
+    }
+
+    /// Stops the server with SIGTERM, checks that it exits cleanly, returns its log.
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "the server exited with {exit} on SIGTERM");
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
 }
 
 /// `GET path` with a bearer token; returns the status and the JSON body.
 fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = get_with_headers(address, path, token);
+    (status, body)
+}
+
+/// `GET path` with a bearer token; returns the status, the raw head and the JSON body.
+fn get_with_headers(
+    address: SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, String, serde_json::Value) {
     let mut stream = TcpStream::connect(address).unwrap();
     write!(
         stream,
@@ -71,23 +110,14 @@ fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value)
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap())
-}
-
-fn stop(mut child: Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "the server exited with {exit} on SIGTERM");
+    (status, head.to_owned(), serde_json::from_str(body).unwrap())
 }
 
 #[test]
 fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, address) = serve_dev(dir.path());
+    let server = Server::start(dir.path());
+    let address = server.address;
 
     let id = stdout(&run(
         dir.path(),
@@ -119,7 +149,49 @@ fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
     let other = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-2"]));
     assert_eq!(get(address, &path, &other).0, 404);
 
-    stop(server);
+    server.stop();
+}
+
+#[test]
+fn a_store_failure_is_a_500_envelope_with_the_cause_only_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
+    // A real fault: the table disappears under the running service.
+    let database = rusqlite::Connection::open(dir.path().join("jobs.db")).unwrap();
+    database.execute_batch("DROP TABLE jobs").unwrap();
+
+    let (status, head, body) = get_with_headers(
+        server.address,
+        &format!("/api/patients/composition/job/{id}"),
+        &token,
+    );
+
+    assert_eq!(status, 500);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(
+        body["error"],
+        serde_json::json!({"type": "internal_error", "message": "Subordinate service error"})
+    );
+    assert_eq!(body["meta"]["code"], 500);
+    let request_id = body["meta"]["request_id"].as_str().unwrap().to_owned();
+    let log = server.stop();
+    let line = log
+        .iter()
+        .find(|line| line.contains(&request_id))
+        .expect("no log line with the request id");
+    assert!(
+        line.contains("no such table"),
+        "the cause is not logged: {line}"
+    );
 }
 
 #[test]
