@@ -1,19 +1,24 @@
 # Each target is one thin command; .ci/run calls the same targets.
 
-VENV      := .venv
-GENERATOR := $(VENV)/bin/openapi-generator-cli
-CARGO     ?= cargo
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+CARGO  ?= cargo
 # The hand-written crates; lints never apply to generated/.
-OURS      := -p compositions-jobs -p compositions-tests
+OURS   := -p compositions-jobs -p compositions-tests
 
-.PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec tools clean
+# Python tools, pinned, in a project-local venv; a stamp per requirements file.
+CODEGEN_TOOLS := $(VENV)/.codegen-tools
+TEST_TOOLS    := $(VENV)/.test-tools
 
-## run: start the service on 127.0.0.1:8080 with SQLite under ./var and a dev key
+.PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec \
+        release contract drift tools clean
+
+## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
 run:
 	$(CARGO) run -p compositions-jobs -- serve --dev
 
 ## test: everything CI checks
-test: fmt-check lint unit validate-spec check-generated
+test: fmt-check lint unit validate-spec check-generated contract drift
 
 fmt:
 	$(CARGO) fmt $(OURS)
@@ -28,21 +33,38 @@ unit:
 	$(CARGO) test $(OURS)
 
 ## generate: regenerate generated/ from spec/ (commit both together)
-generate: $(GENERATOR)
+generate: $(CODEGEN_TOOLS)
 	codegen/generate.sh generated
 
-check-generated: $(GENERATOR)
+check-generated: $(CODEGEN_TOOLS)
 	codegen/check-generated.sh
 
-validate-spec: $(GENERATOR)
-	$(GENERATOR) validate --input-spec spec/compositions.yaml
+validate-spec: $(CODEGEN_TOOLS)
+	$(VENV)/bin/openapi-generator-cli validate --input-spec spec/compositions.yaml
 
-tools: $(GENERATOR)
+release:
+	$(CARGO) build --release -p compositions-jobs
 
-# The pinned generator (with its jar) in a project-local venv; needs Java 17.
-$(GENERATOR): codegen/requirements.txt
+## contract: schemathesis against the release binary (>= 1,000 requests, 0 failures)
+contract: release $(TEST_TOOLS)
+	tests/contract/run.sh
+
+## drift: every breaking spec mutation must stop impl/ compiling
+drift: $(CODEGEN_TOOLS) $(TEST_TOOLS)
+	$(PYTHON) tests/drift/drift.py
+
+tools: $(CODEGEN_TOOLS) $(TEST_TOOLS)
+
+$(PYTHON):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r codegen/requirements.txt
+
+# The generator wheel carries its jar; it runs on Java 17.
+$(CODEGEN_TOOLS): codegen/requirements.txt | $(PYTHON)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+$(TEST_TOOLS): tests/requirements.txt | $(PYTHON)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
 clean:

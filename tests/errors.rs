@@ -1,6 +1,7 @@
 //! Every error this service sends, over raw HTTP: the cases the typed client
 //! cannot make. Each asserts the status, the content type, the headers and the
-//! whole envelope.
+//! whole envelope. The main authentication cases are the table in
+//! `auth_table.rs`; these are the other hostile inputs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -68,17 +69,6 @@ async fn a_non_uuid_id_is_invalid_request_format() {
 }
 
 #[tokio::test]
-async fn no_authorization_is_401_with_a_bearer_challenge() {
-    let ctx = TestContext::new().await;
-    let path = job_path(Uuid::new_v4());
-
-    let response = ctx.get_raw(&path, &[]).await;
-
-    assert_envelope(&ctx, &response, &path, 401, denied(MISSING));
-    assert_eq!(response.header("www-authenticate"), Some("Bearer"));
-}
-
-#[tokio::test]
 async fn an_authorization_header_without_a_bearer_token_is_401() {
     let ctx = TestContext::new().await;
     let path = job_path(Uuid::new_v4());
@@ -130,17 +120,6 @@ async fn a_malformed_authorization_header_is_401_invalid_token() {
 }
 
 #[tokio::test]
-async fn an_expired_token_is_jwt_expired() {
-    let ctx = TestContext::new().await;
-    let mut claims = tokens::claims("mis-1");
-    claims["exp"] = json!(tokens::now() - 120);
-    let token = tokens::sign(&claims, TestKey::Rsa);
-
-    let error = json!({"type": "jwt_expired", "message": "JWT expired"});
-    assert_rejected_token(&ctx, &token, error, CHALLENGE_INVALID).await;
-}
-
-#[tokio::test]
 async fn tokens_that_fail_verification_are_401_invalid_access_token() {
     let ctx = TestContext::new().await;
     let claims = tokens::claims("mis-1");
@@ -162,31 +141,13 @@ async fn tokens_that_fail_verification_are_401_invalid_access_token() {
 
     let cases = [
         (
-            "signed by an untrusted key",
-            tokens::sign(&claims, TestKey::Untrusted),
-        ),
-        (
             "payload swapped under a valid signature",
             format!("{head}.{other_payload}.{signature}"),
         ),
-        ("wrong audience", with("aud", json!("someone-else"))),
-        ("wrong issuer", with("iss", json!("https://evil.example"))),
         ("not yet valid", with("nbf", json!(tokens::now() + 3600))),
         ("no exp", without("exp")),
         ("no client_id", without("client_id")),
         ("empty client_id", with("client_id", json!(""))),
-        (
-            "alg none",
-            tokens::forge(
-                &json!({"alg": "none", "typ": "JWT", "kid": "test-rsa"}),
-                &claims.to_string(),
-                b"",
-            ),
-        ),
-        (
-            "HS256 keyed with the RSA public key",
-            tokens::hs256_with_public_key("mis-1"),
-        ),
         (
             "RS256 header on the Ed25519 key",
             tokens::sign_with_header(&claims, TestKey::Rsa, Algorithm::RS256, Some("test-ed")),
@@ -233,31 +194,6 @@ async fn a_token_without_the_scope_is_403_forbidden() {
             .await;
         assert_envelope(&ctx, &response, &path, 403, error.clone());
     }
-}
-
-#[tokio::test]
-async fn another_clients_job_is_task_not_found() {
-    let ctx = TestContext::new().await;
-    let job = ctx.create_job("mis-2").await;
-    let path = job_path(job.id);
-
-    let response = ctx
-        .get_raw(
-            &path,
-            &[(
-                "Authorization",
-                &format!("Bearer {}", tokens::valid("mis-1")),
-            )],
-        )
-        .await;
-
-    assert_envelope(
-        &ctx,
-        &response,
-        &path,
-        404,
-        json!({"type": "not_found", "message": "Task not found"}),
-    );
 }
 
 #[tokio::test]

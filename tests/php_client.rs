@@ -134,7 +134,7 @@ async fn rule_5_errors_show_as_code_colon_message_without_a_double_prefix() {
 }
 
 #[tokio::test]
-async fn rule_6_every_error_status_carries_error_message() {
+async fn rule_6_every_error_status_carries_error_message_and_its_ehealth_type() {
     assert!(matches!(read(404, &json!({})), Reading::Unusable(_)));
     let ctx = TestContext::new().await;
     let bearer = format!("Bearer {}", tokens::valid("mis-1"));
@@ -145,7 +145,7 @@ async fn rule_6_every_error_status_carries_error_message() {
         tokens::sign(&wrong_scope, tokens::TestKey::Rsa)
     );
     let unknown = job_path(Uuid::new_v4());
-    let responses = [
+    let mut responses = vec![
         ctx.get_raw(&job_path("nope"), &[("Authorization", &bearer)])
             .await,
         ctx.get_raw(&unknown, &[]).await,
@@ -155,8 +155,36 @@ async fn rule_6_every_error_status_carries_error_message() {
         ctx.get_raw("/nowhere", &[]).await,
         compositions_tests::raw::request(ctx.addr, "DELETE", &unknown, &[]).await,
     ];
-    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [400, 401, 403, 404, 404, 405]);
+    // A real store failure: the table disappears under the running service.
+    let database = rusqlite::Connection::open(ctx.dir.path().join("jobs.db")).unwrap();
+    database.execute_batch("DROP TABLE jobs").unwrap();
+    responses.push(ctx.get_raw(&unknown, &[("Authorization", &bearer)]).await);
+
+    let seen: Vec<(u16, String)> = responses
+        .iter()
+        .map(|r| {
+            (
+                r.status,
+                r.json()["error"]["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        (400, "request_malformed"),
+        (401, "access_denied"),
+        (403, "forbidden"),
+        (404, "not_found"),
+        (404, "not_found"),
+        (405, "method_not_allowed"),
+        (500, "internal_error"),
+    ];
+    assert_eq!(
+        seen,
+        expected.map(|(status, kind)| (status, kind.to_owned()))
+    );
     for response in responses {
         let Reading::HttpError { message } = read(response.status, &response.json()) else {
             panic!("unreadable error: {}", response.json());

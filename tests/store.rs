@@ -24,6 +24,7 @@ async fn backends() -> Vec<(Store, TempDir)> {
 
 fn new_job(client_id: &str, dedup_hash: Option<&str>) -> NewJob {
     NewJob {
+        id: Uuid::new_v4(),
         client_id: client_id.into(),
         kind: Kind::Sign,
         expected_duration: Duration::from_secs(20),
@@ -382,4 +383,56 @@ async fn a_database_from_a_newer_version_is_refused() {
         matches!(result, Err(StoreError::SchemaTooNew { found: 99, .. })),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn a_new_job_may_bring_its_own_id_but_never_a_taken_one() {
+    for (store, _dir) in backends().await {
+        let id = Uuid::new_v4();
+        let now = Timestamp::now();
+        let job = store
+            .create(
+                NewJob {
+                    id,
+                    ..new_job("mis-1", None)
+                },
+                now,
+            )
+            .await
+            .unwrap()
+            .job;
+        assert_eq!(job.id, id);
+
+        let again = store
+            .create(
+                NewJob {
+                    id,
+                    ..new_job("mis-2", None)
+                },
+                now,
+            )
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::IdTaken(taken)) if taken == id),
+            "{again:?}"
+        );
+        assert_eq!(store.get(id).await.unwrap(), Some(job));
+
+        let nil = store
+            .create(
+                NewJob {
+                    id: Uuid::nil(),
+                    ..new_job("mis-1", None)
+                },
+                now,
+            )
+            .await;
+        assert!(matches!(
+            nil,
+            Err(StoreError::Lifecycle(LifecycleError::Invalid {
+                field: "id",
+                ..
+            }))
+        ));
+    }
 }

@@ -287,6 +287,9 @@ pub struct Job {
 /// What a producer asks for when it creates a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewJob {
+    /// The job's id: usually a fresh UUID v4, or the one the producer has
+    /// already handed to the MIS.
+    pub id: Uuid,
     /// The owner.
     pub client_id: String,
     /// Which request started it.
@@ -300,6 +303,9 @@ pub struct NewJob {
 impl NewJob {
     /// Checks the producer's input before anything is written.
     pub fn validate(&self) -> Result<(), LifecycleError> {
+        if self.id.is_nil() {
+            return Err(invalid("id", "must not be the nil UUID"));
+        }
         check_text("client_id", &self.client_id)?;
         if let Some(hash) = &self.dedup_hash {
             check_text("dedup_hash", hash)?;

@@ -68,6 +68,9 @@ enum JobsCommand {
         /// The MIS client that owns the job.
         #[arg(long)]
         client_id: String,
+        /// The job's id, if the producer has already handed one out [default: a new UUID v4].
+        #[arg(long)]
+        id: Option<Uuid>,
         /// The request that started it.
         #[arg(long, default_value = "create", value_parser = parse_kind)]
         kind: Kind,
@@ -149,7 +152,7 @@ impl From<StoreError> for Failed {
     fn from(error: StoreError) -> Self {
         let code = match &error {
             StoreError::NotFound(_) => 3,
-            StoreError::Lifecycle(LifecycleError::Conflict { .. }) => 4,
+            StoreError::Lifecycle(LifecycleError::Conflict { .. }) | StoreError::IdTaken(_) => 4,
             StoreError::Lifecycle(LifecycleError::Invalid { .. }) => 2,
             StoreError::Backend { .. }
             | StoreError::SchemaTooNew { .. }
@@ -278,11 +281,13 @@ async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
     let job = match command {
         JobsCommand::Create {
             client_id,
+            id,
             kind,
             eta_seconds,
             dedup_hash,
         } => {
             let new = NewJob {
+                id: id.unwrap_or_else(Uuid::new_v4),
                 client_id,
                 kind,
                 expected_duration: eta_seconds.map_or(config.jobs.default_eta, Duration::from_secs),

@@ -265,6 +265,8 @@ fn jobs_commands_report_through_exit_codes() {
         Some(2),
         "bad kind"
     );
+    let taken = ["jobs", "create", "--client-id", "mis-1", "--id", &id];
+    assert_eq!(exit(&taken), Some(4), "an id that is taken");
 }
 
 #[test]

@@ -97,6 +97,7 @@ impl TestContext {
     /// Creates a PENDING job for `client_id`, expected in 30 s.
     pub async fn create_job(&self, client_id: &str) -> Job {
         let new = NewJob {
+            id: Uuid::new_v4(),
             client_id: client_id.into(),
             kind: Kind::Create,
             expected_duration: Duration::from_secs(30),

@@ -24,6 +24,9 @@ pub enum StoreError {
     /// No job with this id.
     #[error("job {0} not found")]
     NotFound(Uuid),
+    /// A new job asked for an id that another job has.
+    #[error("a job with id {0} already exists")]
+    IdTaken(Uuid),
     /// The request breaks a lifecycle rule.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),

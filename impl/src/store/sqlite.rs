@@ -214,8 +214,11 @@ impl JobStore for SqliteStore {
                     deduplicated: true,
                 });
             }
+            if select_by_id(&tx, new.id)?.is_some() {
+                return Err(StoreError::IdTaken(new.id));
+            }
             let job = Job {
-                id: Uuid::new_v4(),
+                id: new.id,
                 client_id: new.client_id,
                 kind: new.kind,
                 state: State::Pending {
