@@ -5,21 +5,61 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use compositions_jobs::config::DatabaseUrl;
+use compositions_jobs::config::{DatabaseUrl, PostgresConfig};
 use compositions_jobs::jobs::{
     Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
-use compositions_jobs::store::{JobStore, Store, StoreError};
+use compositions_jobs::store::{self, JobStore, Store, StoreError};
+use compositions_tests::postgres::TestSchema;
 use tempfile::TempDir;
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// A fresh store of each backend, with whatever keeps it alive.
-async fn backends() -> Vec<(Store, TempDir)> {
+/// A store under test, and what keeps its database alive until the test ends.
+struct Backend {
+    name: &'static str,
+    url: DatabaseUrl,
+    store: Store,
+    _database: Database,
+}
+
+enum Database {
+    Sqlite(TempDir),
+    Postgres(TestSchema),
+}
+
+impl Backend {
+    /// Opens another store on the same database, as another process would.
+    async fn reopen(&self) -> Result<Store, StoreError> {
+        Store::open(&self.url, TTL, &PostgresConfig::default()).await
+    }
+}
+
+/// A fresh store of each backend: SQLite always, PostgreSQL when configured.
+async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
-    vec![(Store::open(&url, TTL).await.unwrap(), dir)]
+    let mut backends = vec![Backend {
+        name: "sqlite",
+        store: Store::open(&url, TTL, &PostgresConfig::default())
+            .await
+            .unwrap(),
+        url,
+        _database: Database::Sqlite(dir),
+    }];
+    if let Some(schema) = TestSchema::create().await {
+        let url = DatabaseUrl::Postgres(schema.url.clone());
+        backends.push(Backend {
+            name: "postgres",
+            store: Store::open(&url, TTL, &PostgresConfig::default())
+                .await
+                .unwrap(),
+            url,
+            _database: Database::Postgres(schema),
+        });
+    }
+    backends
 }
 
 fn new_job(client_id: &str, dedup_hash: Option<&str>) -> NewJob {
@@ -50,7 +90,9 @@ fn conflict(current: Status, requested: Status) -> LifecycleError {
 
 #[tokio::test]
 async fn a_new_job_is_pending_with_an_eta() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let created = store.create(new_job("mis-1", None), now).await.unwrap();
 
@@ -74,7 +116,9 @@ async fn a_new_job_is_pending_with_an_eta() {
 
 #[tokio::test]
 async fn only_the_owner_finds_a_job() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
 
@@ -94,7 +138,9 @@ async fn only_the_owner_finds_a_job() {
 
 #[tokio::test]
 async fn pending_becomes_done_once_and_repeating_it_is_idempotent() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
         let later = now.plus(Duration::from_secs(3));
@@ -117,7 +163,9 @@ async fn pending_becomes_done_once_and_repeating_it_is_idempotent() {
 
 #[tokio::test]
 async fn pending_becomes_failed_once_and_repeating_it_is_idempotent() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let job = store.create(new_job("mis-1", None), now).await.unwrap().job;
 
@@ -136,7 +184,9 @@ async fn pending_becomes_failed_once_and_repeating_it_is_idempotent() {
 
 #[tokio::test]
 async fn a_finished_job_refuses_any_other_outcome() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let done_job = store.create(new_job("mis-1", None), now).await.unwrap().job;
         store.finish(done_job.id, done("a"), now).await.unwrap();
@@ -181,7 +231,9 @@ async fn a_finished_job_refuses_any_other_outcome() {
 
 #[tokio::test]
 async fn finishing_an_unknown_job_is_not_found() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let id = Uuid::new_v4();
         let result = store.finish(id, done("a"), Timestamp::now()).await;
         assert!(
@@ -193,8 +245,10 @@ async fn finishing_an_unknown_job_is_not_found() {
 
 #[tokio::test]
 async fn concurrent_conflicting_transitions_leave_exactly_one_winner() {
-    for (store, _dir) in backends().await {
-        let store = Arc::new(store);
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
+        let store = Arc::new(store.clone());
         let job = store
             .create(new_job("mis-1", None), Timestamp::now())
             .await
@@ -226,7 +280,9 @@ async fn concurrent_conflicting_transitions_leave_exactly_one_winner() {
 
 #[tokio::test]
 async fn a_duplicate_of_a_pending_job_returns_that_job() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let first = store
             .create(new_job("mis-1", Some("sha256:abc")), now)
@@ -263,7 +319,9 @@ async fn a_duplicate_of_a_pending_job_returns_that_job() {
 
 #[tokio::test]
 async fn a_finished_job_expires_after_the_ttl_and_a_pending_one_never() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let now = Timestamp::now();
         let finished = store.create(new_job("mis-1", None), now).await.unwrap().job;
         store.finish(finished.id, done("a"), now).await.unwrap();
@@ -297,7 +355,9 @@ async fn a_finished_job_expires_after_the_ttl_and_a_pending_one_never() {
 
 #[tokio::test]
 async fn bad_producer_input_is_refused_before_anything_is_written() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let result = store.create(new_job("", None), Timestamp::now()).await;
         assert!(matches!(
             result,
@@ -323,71 +383,148 @@ async fn bad_producer_input_is_refused_before_anything_is_written() {
 
 #[tokio::test]
 async fn transitions_survive_reopening_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
-    let store = Store::open(&url, TTL).await.unwrap();
-    let job = store
-        .create(new_job("mis-1", None), Timestamp::now())
-        .await
-        .unwrap()
-        .job;
-    let finished = store
-        .finish(job.id, failed(1127), Timestamp::now())
-        .await
-        .unwrap()
-        .job;
-    drop(store);
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let job = backend
+            .store
+            .create(new_job("mis-1", None), Timestamp::now())
+            .await
+            .unwrap()
+            .job;
+        let finished = backend
+            .store
+            .finish(job.id, failed(1127), Timestamp::now())
+            .await
+            .unwrap()
+            .job;
 
-    let reopened = Store::open(&url, TTL).await.unwrap();
+        let reopened = backend.reopen().await.unwrap();
 
-    assert_eq!(reopened.get(job.id).await.unwrap(), Some(finished));
+        assert_eq!(reopened.get(job.id).await.unwrap(), Some(finished));
+    }
+}
+
+/// Runs SQL on a backend's database directly, as a producer in another language would.
+async fn execute(backend: &Backend, sql: &str) -> Result<(), String> {
+    match &backend._database {
+        Database::Sqlite(dir) => rusqlite::Connection::open(dir.path().join("jobs.db"))
+            .and_then(|connection| connection.execute_batch(sql))
+            .map_err(|e| e.to_string()),
+        Database::Postgres(schema) => schema.execute(sql).await,
+    }
 }
 
 #[tokio::test]
 async fn the_schema_refuses_illegal_rows_from_any_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jobs.db");
-    Store::open(&DatabaseUrl::Sqlite(path.clone()), TTL)
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let (id, zero, one) = match backend._database {
+            Database::Sqlite(_) => ("'a'", "0", "1"),
+            Database::Postgres(_) => ("gen_random_uuid()", "now()", "now()"),
+        };
+        let columns = "INSERT INTO jobs (id, client_id, kind, status, eta, created_at";
+        let illegal = [
+            // DONE without finished_at or links
+            format!("{columns}) VALUES ({id}, 'c', 'create', 'DONE', {zero}, {zero})"),
+            // PENDING with finished_at
+            format!(
+                "{columns}, finished_at) VALUES ({id}, 'c', 'create', 'PENDING', {zero}, {zero}, {one})"
+            ),
+            // FAILED without an error
+            format!(
+                "{columns}, finished_at) VALUES ({id}, 'c', 'create', 'FAILED', {zero}, {zero}, {one})"
+            ),
+            // an error on a DONE job
+            format!(
+                "{columns}, finished_at, links, error_code, error_type, error_message) \
+                 VALUES ({id}, 'c', 'create', 'DONE', {zero}, {zero}, {one}, '[]', 1, 'X', 'm')"
+            ),
+            // lowercase status
+            format!("{columns}) VALUES ({id}, 'c', 'create', 'pending', {zero}, {zero})"),
+            // unknown kind
+            format!("{columns}) VALUES ({id}, 'c', 'delete', 'PENDING', {zero}, {zero})"),
+        ];
+        for sql in &illegal {
+            let error = execute(&backend, sql).await.expect_err(sql);
+            assert!(
+                error.contains("CHECK") || error.contains("check"),
+                "{sql}: {error}"
+            );
+        }
+        // The same statement with a legal state is accepted, so the CHECKs are what refused.
+        execute(
+            &backend,
+            &format!("{columns}) VALUES ({id}, 'c', 'create', 'PENDING', {zero}, {zero})"),
+        )
         .await
         .unwrap();
-    let connection = rusqlite::Connection::open(&path).unwrap();
-    let illegal = [
-        // DONE without finished_at or links
-        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('a', 'c', 'create', 'DONE', 0, 0)",
-        // PENDING with finished_at
-        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at, finished_at) VALUES ('b', 'c', 'create', 'PENDING', 0, 0, 1)",
-        // FAILED without an error
-        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at, finished_at) VALUES ('c', 'c', 'create', 'FAILED', 0, 0, 1)",
-        // lowercase status
-        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('d', 'c', 'create', 'pending', 0, 0)",
-        // unknown kind
-        "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) VALUES ('e', 'c', 'delete', 'PENDING', 0, 0)",
-    ];
-    for sql in illegal {
-        assert!(connection.execute(sql, []).is_err(), "accepted: {sql}");
     }
 }
 
 #[tokio::test]
 async fn a_database_from_a_newer_version_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jobs.db");
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .pragma_update(None, "user_version", 99)
-        .unwrap();
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let sql = match backend._database {
+            Database::Sqlite(_) => "PRAGMA user_version = 99",
+            Database::Postgres(_) => "UPDATE jobs_schema_version SET version = 99",
+        };
+        execute(&backend, sql).await.unwrap();
 
-    let result = Store::open(&DatabaseUrl::Sqlite(path), TTL).await;
+        let result = backend.reopen().await;
 
-    assert!(
-        matches!(result, Err(StoreError::SchemaTooNew { found: 99, .. })),
-        "{result:?}"
-    );
+        assert!(
+            matches!(result, Err(StoreError::SchemaTooNew { found: 99, .. })),
+            "{result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn purging_deletes_expired_jobs_in_batches_and_nothing_else() {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
+        let now = Timestamp::now();
+        let long_ago = now.minus(TTL + Duration::from_secs(60));
+        let mut expired = Vec::new();
+        for i in 0..7 {
+            let job = store
+                .create(new_job("mis-1", None), long_ago)
+                .await
+                .unwrap()
+                .job;
+            store
+                .finish(job.id, failed(1000 + i), long_ago)
+                .await
+                .unwrap();
+            expired.push(job.id);
+        }
+        let fresh = store.create(new_job("mis-1", None), now).await.unwrap().job;
+        store.finish(fresh.id, done("a"), now).await.unwrap();
+        let old_but_pending = store
+            .create(new_job("mis-1", None), long_ago)
+            .await
+            .unwrap()
+            .job;
+
+        assert_eq!(store.purge_batch(now, 3).await.unwrap(), 3);
+        assert_eq!(store::purge(store, now, 3).await.unwrap(), 4);
+        assert_eq!(store::purge(store, now, 3).await.unwrap(), 0);
+
+        for id in expired {
+            assert_eq!(store.get(id).await.unwrap(), None);
+        }
+        assert!(store.get(fresh.id).await.unwrap().is_some());
+        assert!(store.get(old_but_pending.id).await.unwrap().is_some());
+    }
 }
 
 #[tokio::test]
 async fn a_new_job_may_bring_its_own_id_but_never_a_taken_one() {
-    for (store, _dir) in backends().await {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
         let id = Uuid::new_v4();
         let now = Timestamp::now();
         let job = store

@@ -42,6 +42,8 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// HTTP server limits.
     pub http: HttpConfig,
+    /// The connection pool, when `database` is PostgreSQL.
+    pub postgres: PostgresConfig,
 }
 
 /// How callers are authenticated.
@@ -82,6 +84,29 @@ pub struct JobsConfig {
     /// The eta a new job gets when its producer gives none.
     #[serde(with = "humantime_serde")]
     pub default_eta: Duration,
+    /// How often expired jobs are deleted.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    /// How many expired jobs one purge statement deletes.
+    pub purge_batch: u32,
+}
+
+/// The PostgreSQL connection pool. Every wait is bounded, so an outage turns into
+/// prompt 500s rather than hung requests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connections per instance; see the README for sizing against `max_connections`.
+    pub pool_size: usize,
+    /// How long a request waits for a free connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long connecting may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long one statement may take (also set as `statement_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
 }
 
 /// HTTP server limits.
@@ -107,6 +132,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             jobs: JobsConfig::default(),
             http: HttpConfig::default(),
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -128,6 +154,19 @@ impl Default for JobsConfig {
         Self {
             ttl: Duration::from_secs(7 * 24 * 60 * 60),
             default_eta: Duration::from_secs(30),
+            purge_interval: Duration::from_secs(10 * 60),
+            purge_batch: 500,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            pool_size: 16,
+            acquire_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            query_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -188,7 +227,7 @@ impl Config {
             // COMPOSITIONS_TEST_* configure the test suites, not the service.
             .merge(
                 Env::prefixed(ENV_PREFIX)
-                    .filter(|key| !key.as_str().starts_with("test_"))
+                    .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides))
@@ -213,11 +252,21 @@ impl Config {
         }
         for (key, value) in [
             ("jobs.ttl", self.jobs.ttl),
+            ("jobs.purge_interval", self.jobs.purge_interval),
             ("http.header_read_timeout", self.http.header_read_timeout),
+            ("postgres.acquire_timeout", self.postgres.acquire_timeout),
+            ("postgres.connect_timeout", self.postgres.connect_timeout),
+            ("postgres.query_timeout", self.postgres.query_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
             }
+        }
+        if self.jobs.purge_batch == 0 {
+            return Err(invalid("jobs.purge_batch", "must be at least 1"));
+        }
+        if self.postgres.pool_size == 0 {
+            return Err(invalid("postgres.pool_size", "must be at least 1"));
         }
         Ok(self)
     }
@@ -236,6 +285,8 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 pub enum DatabaseUrl {
     /// `sqlite:PATH`: a SQLite file.
     Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`: a PostgreSQL database.
+    Postgres(String),
 }
 
 impl FromStr for DatabaseUrl {
@@ -250,9 +301,11 @@ impl FromStr for DatabaseUrl {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("PostgreSQL is not supported by this build yet; use sqlite:PATH".into());
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+            return Ok(Self::Postgres(url.to_owned()));
         }
-        Err("must be sqlite:PATH".into())
+        Err("must be sqlite:PATH or postgres://…".into())
     }
 }
 
@@ -266,14 +319,19 @@ impl TryFrom<String> for DatabaseUrl {
 
 impl From<DatabaseUrl> for String {
     fn from(url: DatabaseUrl) -> Self {
-        url.to_string()
+        match url {
+            DatabaseUrl::Sqlite(path) => format!("sqlite:{}", path.display()),
+            DatabaseUrl::Postgres(url) => url,
+        }
     }
 }
 
+/// Shows the URL with any password replaced, so it is safe in logs and errors.
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
         }
     }
 }
@@ -281,5 +339,49 @@ impl fmt::Display for DatabaseUrl {
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+/// `postgres://user:secret@host/db?password=secret` → `postgres://user:***@host/db?password=***`.
+fn redact_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/jobs?sslmode=disable&password=other"),
+            "postgres://app:***@db:5432/jobs?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/jobs"),
+            "postgres://app@db/jobs"
+        );
     }
 }

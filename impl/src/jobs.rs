@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -47,6 +47,24 @@ impl Timestamp {
     /// This time moved back (saturating).
     pub fn minus(self, duration: Duration) -> Self {
         Self(self.0.saturating_sub(duration_millis(duration)))
+    }
+
+    /// A system time, truncated to milliseconds.
+    pub fn from_system_time(time: SystemTime) -> Self {
+        match time.duration_since(UNIX_EPOCH) {
+            Ok(after) => Self(duration_millis(after)),
+            Err(before) => Self(-duration_millis(before.duration())),
+        }
+    }
+
+    /// This time as a system time.
+    pub fn to_system_time(self) -> SystemTime {
+        let millis = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            UNIX_EPOCH + millis
+        } else {
+            UNIX_EPOCH - millis
+        }
     }
 
     /// RFC 3339 in UTC with exactly three fraction digits, as the contract requires.

@@ -11,7 +11,8 @@
 //! - [`config`]: one struct, checked at start-up.
 //! - [`auth`]: bearer JWTs verified against a JWKS, or the eHealth gateway's headers.
 //! - [`jobs`]: the job, its states and the lifecycle rules.
-//! - [`store`]: the `JobStore` interface and its SQLite backend.
+//! - [`store`]: the `JobStore` interface, its SQLite and PostgreSQL backends, and
+//!   the purge of expired jobs.
 //! - [`http`]: the only implementation of the generated trait, the mapping between
 //!   domain and generated types, and the layers around the router.
 //! - [`start_server`]: shared by the binary and the tests.
@@ -71,7 +72,7 @@ pub enum StartError {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -84,8 +85,10 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         // Ignoring the error is right: it only means the server already stopped.
         let _ = self.shutdown.send(true);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the server task failed");
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a server task failed");
+            }
         }
     }
 }
@@ -99,24 +102,30 @@ pub async fn start_server(
     listener: TcpListener,
 ) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
-    let store = Store::open(&config.database, config.jobs.ttl)
+    let store = Store::open(&config.database, config.jobs.ttl, &config.postgres)
         .await
         .map_err(|source| StartError::Store {
             database: config.database.to_string(),
             source,
         })?;
     let authenticator = Authenticator::from_config(&config.auth)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let purger = tokio::spawn(store::purge_periodically(
+        store.clone(),
+        config.jobs.purge_interval,
+        config.jobs.purge_batch,
+        shutdown_rx.clone(),
+    ));
     let app = http::App::new(
         http::JobsApi::new(store),
         authenticator,
         config.public_url.clone(),
         local_addr,
     );
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let task = tokio::spawn(http::serve(listener, app, config.http, shutdown_rx));
+    let server = tokio::spawn(http::serve(listener, app, config.http, shutdown_rx));
     Ok(ServerHandle {
         local_addr,
         shutdown,
-        task,
+        tasks: vec![server, purger],
     })
 }

@@ -15,7 +15,7 @@ use compositions_jobs::http::mapping::ErrorChain;
 use compositions_jobs::jobs::{
     DEFAULT_ENTITY, Failure, Kind, LifecycleError, Link, NewJob, Outcome, Timestamp, Transition,
 };
-use compositions_jobs::store::{JobStore, Store, StoreError};
+use compositions_jobs::store::{self, JobStore, Store, StoreError};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -111,6 +111,8 @@ enum JobsCommand {
         /// The job.
         id: Uuid,
     },
+    /// Delete the jobs that finished longer than jobs.ttl ago, once; print how many.
+    Purge,
 }
 
 #[derive(Subcommand)]
@@ -276,7 +278,7 @@ async fn shutdown_signal() {
 }
 
 async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
-    let store = Store::open(&config.database, config.jobs.ttl).await?;
+    let store = Store::open(&config.database, config.jobs.ttl, &config.postgres).await?;
     let now = Timestamp::now();
     let job = match command {
         JobsCommand::Create {
@@ -324,6 +326,13 @@ async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
             .await?
         }
         JobsCommand::Show { id } => store.get(id).await?.ok_or(StoreError::NotFound(id))?,
+        JobsCommand::Purge => {
+            println!(
+                "{}",
+                store::purge(&store, now, config.jobs.purge_batch).await?
+            );
+            return Ok(());
+        }
     };
     println!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
     Ok(())

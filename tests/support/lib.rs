@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod php;
+pub mod postgres;
 pub mod raw;
 pub mod tokens;
 
@@ -72,7 +73,7 @@ impl TestContext {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start_server(config.clone(), listener).await.unwrap();
-        let store = Store::open(&config.database, config.jobs.ttl)
+        let store = Store::open(&config.database, config.jobs.ttl, &config.postgres)
             .await
             .unwrap();
         Self {

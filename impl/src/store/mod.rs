@@ -2,20 +2,26 @@
 //!
 //! [`JobStore`] is what the HTTP layer and the CLI need and nothing more. Every
 //! backend applies the same lifecycle rules ([`crate::jobs::decide`]) inside its own
-//! transaction, so the rules live in one place and the SQL only persists them.
-//! [`Store`] picks the backend from the database URL; it is an enum rather than a
-//! trait object so that the hot read path is a direct call without boxing.
+//! transaction and reads rows through the same [`Row::into_job`], so the rules live
+//! in one place and the SQL only persists them. [`Store`] picks the backend from
+//! the database URL; it is an enum rather than a trait object so that the hot read
+//! path is a direct call without boxing.
 
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::DatabaseUrl;
-use crate::jobs::{Job, LifecycleError, NewJob, Outcome, Timestamp, Transition};
+use crate::config::{DatabaseUrl, PostgresConfig};
+use crate::jobs::{
+    Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
+};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Something a store could not do, named for what failed.
@@ -30,7 +36,7 @@ pub enum StoreError {
     /// The request breaks a lifecycle rule.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
-    /// The database failed or could not be reached.
+    /// The database failed, could not be reached, or did not answer in time.
     #[error("job store failed to {operation}")]
     Backend {
         /// What the store was doing.
@@ -118,6 +124,13 @@ pub trait JobStore: Send + Sync {
         outcome: Outcome,
         now: Timestamp,
     ) -> impl Future<Output = Result<Finished, StoreError>> + Send;
+
+    /// Deletes up to `limit` jobs that had expired at `now`; returns how many.
+    fn purge_batch(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The configured backend.
@@ -125,16 +138,35 @@ pub trait JobStore: Send + Sync {
 pub enum Store {
     /// A SQLite file: the embedded default.
     Sqlite(SqliteStore),
+    /// A PostgreSQL database shared by several instances.
+    Postgres(PostgresStore),
 }
 
 impl Store {
     /// Opens the database at `url`, applying migrations. Finished jobs expire
-    /// after `ttl`.
-    pub async fn open(url: &DatabaseUrl, ttl: Duration) -> Result<Self, StoreError> {
+    /// after `ttl`; `postgres` sizes the pool when `url` is PostgreSQL.
+    pub async fn open(
+        url: &DatabaseUrl,
+        ttl: Duration,
+        postgres: &PostgresConfig,
+    ) -> Result<Self, StoreError> {
         match url {
             DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path, ttl).await?)),
+            DatabaseUrl::Postgres(url) => Ok(Self::Postgres(
+                PostgresStore::open(url, ttl, postgres).await?,
+            )),
         }
     }
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($backend) => $call.await,
+            Store::Postgres($backend) => $call.await,
+        }
+    };
 }
 
 impl JobStore for Store {
@@ -144,21 +176,15 @@ impl JobStore for Store {
         client_id: &str,
         now: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.find_for_client(id, client_id, now).await,
-        }
+        dispatch!(self, store => store.find_for_client(id, client_id, now))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.get(id).await,
-        }
+        dispatch!(self, store => store.get(id))
     }
 
     async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.create(new, now).await,
-        }
+        dispatch!(self, store => store.create(new, now))
     }
 
     async fn finish(
@@ -167,8 +193,122 @@ impl JobStore for Store {
         outcome: Outcome,
         now: Timestamp,
     ) -> Result<Finished, StoreError> {
-        match self {
-            Self::Sqlite(store) => store.finish(id, outcome, now).await,
+        dispatch!(self, store => store.finish(id, outcome, now))
+    }
+
+    async fn purge_batch(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.purge_batch(now, limit))
+    }
+}
+
+/// Deletes every job expired at `now`, `batch` rows at a time so that no single
+/// statement holds locks for long. Returns how many were deleted.
+pub async fn purge(store: &impl JobStore, now: Timestamp, batch: u32) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let deleted = store.purge_batch(now, batch).await?;
+        total += deleted;
+        if deleted < u64::from(batch) {
+            return Ok(total);
         }
+        // Let requests in between batches.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Purges expired jobs every `every` until `shutdown` changes. The first purge is
+/// one interval after start, so that instances restarting together do not all
+/// purge at once.
+pub async fn purge_periodically(
+    store: Store,
+    every: Duration,
+    batch: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => match purge(&store, Timestamp::now(), batch).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "purged expired jobs"),
+                Err(e) => tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "purging expired jobs failed"),
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// A row as every backend reads it, before its invariants are checked.
+pub(crate) struct Row {
+    pub id: Uuid,
+    pub client_id: String,
+    pub kind: String,
+    pub status: String,
+    pub eta: Timestamp,
+    pub links: Option<Vec<Link>>,
+    pub error_code: Option<i32>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub dedup_hash: Option<String>,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Row {
+    /// The job this row stores; a row that breaks an invariant is reported as
+    /// corrupt, never guessed at.
+    pub fn into_job(self) -> Result<Job, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: self.id.to_string(),
+            reason,
+        };
+        let status = self
+            .status
+            .parse::<Status>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let kind = self
+            .kind
+            .parse::<Kind>()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let state = match (status, self.finished_at) {
+            (Status::Pending, None) => State::Pending { eta: self.eta },
+            (Status::Done, Some(finished_at)) => State::Done {
+                links: self
+                    .links
+                    .ok_or_else(|| corrupt("DONE without links".into()))?,
+                finished_at,
+            },
+            (Status::Failed, Some(finished_at)) => {
+                match (self.error_code, self.error_type, self.error_message) {
+                    (Some(code), Some(name), Some(message)) => State::Failed {
+                        failure: Failure {
+                            code,
+                            name,
+                            message,
+                        },
+                        finished_at,
+                    },
+                    _ => return Err(corrupt("FAILED without an error".into())),
+                }
+            }
+            (status, _) => return Err(corrupt(format!("{status} with a wrong finished_at"))),
+        };
+        Ok(Job {
+            id: self.id,
+            client_id: self.client_id,
+            kind,
+            state,
+            created_at: self.created_at,
+            dedup_hash: self.dedup_hash,
+        })
+    }
+}
+
+/// The columns a transition writes: links for DONE, the error for FAILED.
+pub(crate) fn outcome_columns(outcome: &Outcome) -> (Option<&[Link]>, Option<&Failure>) {
+    match outcome {
+        Outcome::Done(links) => (Some(links), None),
+        Outcome::Failed(failure) => (None, Some(failure)),
     }
 }

@@ -12,13 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{Created, Finished, JobStore, StoreError};
-use crate::jobs::{
-    self, Failure, Job, Kind, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
-};
+use super::{Created, Finished, JobStore, Row, StoreError, outcome_columns};
+use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
@@ -263,10 +261,8 @@ impl JobStore for SqliteStore {
             let mut job = select_by_id(&tx, id)?.ok_or(StoreError::NotFound(id))?;
             let transition = jobs::decide(&job.state, &outcome)?;
             if transition == Transition::Apply {
-                let (links, failure) = match &outcome {
-                    Outcome::Done(links) => (Some(to_json(links)?), None),
-                    Outcome::Failed(failure) => (None, Some(failure)),
-                };
+                let (links, failure) = outcome_columns(&outcome);
+                let links = links.map(to_json).transpose()?;
                 tx.execute(
                     "UPDATE jobs SET status = ?2, links = ?3, error_code = ?4, error_type = ?5, \
                      error_message = ?6, finished_at = ?7 WHERE id = ?1 AND status = 'PENDING'",
@@ -285,6 +281,21 @@ impl JobStore for SqliteStore {
             }
             tx.commit().map_err(failed)?;
             Ok(Finished { job, transition })
+        })
+        .await
+    }
+
+    async fn purge_batch(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let cutoff = jobs::expiry_cutoff(now, self.inner.ttl);
+        self.write(move |connection| {
+            let deleted = connection
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+                     WHERE finished_at IS NOT NULL AND finished_at <= ?1 LIMIT ?2)",
+                )
+                .and_then(|mut statement| statement.execute(params![cutoff.as_millis(), limit]))
+                .map_err(|e| StoreError::backend("purge expired jobs", e))?;
+            Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
     }
@@ -324,65 +335,40 @@ fn to_json(links: &[Link]) -> Result<String, StoreError> {
     serde_json::to_string(links).map_err(|e| StoreError::backend("encode links", e))
 }
 
-/// Decodes a row; a row that breaks an invariant is reported, never guessed at.
-fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
+/// Reads a row into the shared [`Row`]; text that is not what the schema says is
+/// reported as corrupt.
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
     let id: String = row.get("id")?;
-    let status: String = row.get("status")?;
-    let kind: String = row.get("kind")?;
-    let finished_at: Option<i64> = row.get("finished_at")?;
     let links: Option<String> = row.get("links")?;
-    let error_code: Option<i32> = row.get("error_code")?;
-    let error_type: Option<String> = row.get("error_type")?;
-    let error_message: Option<String> = row.get("error_message")?;
-    let eta: i64 = row.get("eta")?;
-    let client_id: String = row.get("client_id")?;
-    let dedup_hash: Option<String> = row.get("dedup_hash")?;
-    let created_at: i64 = row.get("created_at")?;
-
+    let raw = Row {
+        id: Uuid::nil(),
+        client_id: row.get("client_id")?,
+        kind: row.get("kind")?,
+        status: row.get("status")?,
+        eta: Timestamp::from_millis(row.get("eta")?),
+        links: None,
+        error_code: row.get("error_code")?,
+        error_type: row.get("error_type")?,
+        error_message: row.get("error_message")?,
+        dedup_hash: row.get("dedup_hash")?,
+        created_at: Timestamp::from_millis(row.get("created_at")?),
+        finished_at: row
+            .get::<_, Option<i64>>("finished_at")?
+            .map(Timestamp::from_millis),
+    };
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.clone(),
         reason,
     };
     let decoded = (|| {
-        let state = match (
-            status.parse::<Status>(),
-            finished_at.map(Timestamp::from_millis),
-        ) {
-            (Ok(Status::Pending), None) => State::Pending {
-                eta: Timestamp::from_millis(eta),
-            },
-            (Ok(Status::Done), Some(finished_at)) => {
-                let links = links.ok_or_else(|| corrupt("DONE without links".into()))?;
-                let links = serde_json::from_str(&links)
-                    .map_err(|e| corrupt(format!("links are not valid JSON: {e}")))?;
-                State::Done { links, finished_at }
-            }
-            (Ok(Status::Failed), Some(finished_at)) => {
-                match (error_code, error_type, error_message) {
-                    (Some(code), Some(name), Some(message)) => State::Failed {
-                        failure: Failure {
-                            code,
-                            name,
-                            message,
-                        },
-                        finished_at,
-                    },
-                    _ => return Err(corrupt("FAILED without an error".into())),
-                }
-            }
-            (Ok(status), _) => return Err(corrupt(format!("{status} with a wrong finished_at"))),
-            (Err(e), _) => return Err(corrupt(e.to_string())),
-        };
-        Ok(Job {
-            id: id
-                .parse()
-                .map_err(|e| corrupt(format!("id is not a UUID: {e}")))?,
-            client_id,
-            kind: kind.parse::<Kind>().map_err(|e| corrupt(e.to_string()))?,
-            state,
-            created_at: Timestamp::from_millis(created_at),
-            dedup_hash,
-        })
+        let id = id
+            .parse()
+            .map_err(|e| corrupt(format!("id is not a UUID: {e}")))?;
+        let links = links
+            .map(|links| serde_json::from_str(&links))
+            .transpose()
+            .map_err(|e| corrupt(format!("links are not valid JSON: {e}")))?;
+        Row { id, links, ..raw }.into_job()
     })();
     Ok(decoded)
 }

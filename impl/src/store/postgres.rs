@@ -1,0 +1,398 @@
+//! The PostgreSQL backend: one database shared by every instance and by producers.
+//!
+//! A pool of connections (deadpool) with a prepared statement cache per
+//! connection. Every operation is bounded: waiting for a free connection
+//! (`acquire_timeout`), connecting (`connect_timeout`) and the statement itself
+//! (`query_timeout`, enforced by the server as `statement_timeout` and by us, so
+//! that a server that vanished from the network cannot hang a request). A
+//! connection whose query timed out is discarded, never reused. Broken
+//! connections are dropped when they are next taken from the pool, so the service
+//! recovers by itself when the server comes back.
+//!
+//! Transitions lock the row (`SELECT … FOR UPDATE`) and apply
+//! [`crate::jobs::decide`], so concurrent producers on different machines leave
+//! exactly one winner.
+
+use std::time::Duration;
+
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::{Created, Finished, JobStore, Row, StoreError, outcome_columns};
+use crate::config::PostgresConfig;
+use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
+
+/// Each entry upgrades the schema by one version (`jobs_schema_version`).
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_jobs.sql")];
+
+/// The advisory lock that serializes migrations across instances ("cjobs").
+const MIGRATION_LOCK: i64 = 0x0063_6a6f_6273;
+
+/// The columns [`row`] reads; a macro so that queries are `&'static str`.
+macro_rules! select_jobs {
+    ($($condition:literal),+) => {
+        concat!(
+            "SELECT id, client_id, kind, status, eta, links, error_code, error_type, ",
+            "error_message, dedup_hash, created_at, finished_at FROM jobs WHERE ",
+            $($condition),+
+        )
+    };
+}
+
+/// A job store in a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    ttl: Duration,
+    query_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool", &self.pool.status())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A statement that did not finish within `query_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from PostgreSQL within {0:?}")]
+struct TimedOut(Duration);
+
+impl PostgresStore {
+    /// Connects to `url` with the pool `config` and applies migrations.
+    pub async fn open(
+        url: &str,
+        ttl: Duration,
+        config: &PostgresConfig,
+    ) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::backend("parse the URL", e))?;
+        let statement_timeout =
+            format!("-c statement_timeout={}", config.query_timeout.as_millis());
+        let options = match pg.get_options() {
+            Some(options) => format!("{options} {statement_timeout}"),
+            None => statement_timeout,
+        };
+        if pg.get_application_name().is_none() {
+            pg.application_name("compositions-jobs");
+        }
+        pg.options(&options)
+            .connect_timeout(config.connect_timeout)
+            // Notice a server that vanished without closing the connection.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.acquire_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::backend("build the connection pool", e))?;
+        let store = Self {
+            pool,
+            ttl,
+            query_timeout: config.query_timeout,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Runs `work` on a pooled connection within the query timeout.
+    async fn with_client<T>(
+        &self,
+        operation: &'static str,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::backend(operation, e))?;
+        let outcome = tokio::time::timeout(self.query_timeout, work(&mut client)).await;
+        outcome.unwrap_or_else(|_| {
+            // The connection may still be busy with the abandoned statement.
+            drop(Object::take(client));
+            Err(StoreError::backend(operation, TimedOut(self.query_timeout)))
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        self.with_client("migrate", async |client| {
+            let failed = |e| StoreError::backend("migrate", e);
+            let tx = client.transaction().await.map_err(failed)?;
+            // Two instances starting together take turns instead of racing.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(failed)?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS jobs_schema_version (version bigint NOT NULL)",
+            )
+            .await
+            .map_err(failed)?;
+            let found: i64 = tx
+                .query_opt("SELECT max(version) FROM jobs_schema_version", &[])
+                .await
+                .map_err(failed)?
+                .and_then(|row| row.get::<_, Option<i64>>(0))
+                .unwrap_or(0);
+            if found > known {
+                return Err(StoreError::SchemaTooNew { found, known });
+            }
+            for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+                tx.batch_execute(migration).await.map_err(failed)?;
+            }
+            tx.execute("DELETE FROM jobs_schema_version", &[])
+                .await
+                .map_err(failed)?;
+            tx.execute(
+                "INSERT INTO jobs_schema_version (version) VALUES ($1)",
+                &[&known],
+            )
+            .await
+            .map_err(failed)?;
+            tx.commit().await.map_err(failed)
+        })
+        .await
+    }
+}
+
+impl JobStore for PostgresStore {
+    async fn find_for_client(
+        &self,
+        id: Uuid,
+        client_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Job>, StoreError> {
+        let cutoff = jobs::expiry_cutoff(now, self.ttl).to_system_time();
+        self.with_client("read a job", async |client| {
+            let failed = |e| StoreError::backend("read a job", e);
+            let statement = client
+                .prepare_cached(select_jobs!(
+                    "id = $1 AND client_id = $2 AND (finished_at IS NULL OR finished_at > $3)"
+                ))
+                .await
+                .map_err(failed)?;
+            let found = client
+                .query_opt(&statement, &[&id, &client_id, &cutoff])
+                .await
+                .map_err(failed)?;
+            found.map(|found| row(&found)).transpose()
+        })
+        .await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        self.with_client("read a job", async |client| {
+            select_by_id(&*client, id, false).await
+        })
+        .await
+    }
+
+    async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {
+        new.validate()?;
+        self.with_client("create a job", async |client| {
+            let failed = |e| StoreError::backend("create a job", e);
+            let eta = now.plus(new.expected_duration);
+            let insert = client
+                .prepare_cached(
+                    "INSERT INTO jobs (id, client_id, kind, status, eta, dedup_hash, created_at) \
+                     VALUES ($1, $2, $3, 'PENDING', $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(failed)?;
+            // A conflict is the id, or a pending duplicate; the duplicate may finish
+            // between the insert and the look-up, and then the insert is retried.
+            for _ in 0..3 {
+                let inserted = client
+                    .execute(
+                        &insert,
+                        &[
+                            &new.id,
+                            &new.client_id,
+                            &new.kind.as_str(),
+                            &eta.to_system_time(),
+                            &new.dedup_hash,
+                            &now.to_system_time(),
+                        ],
+                    )
+                    .await
+                    .map_err(failed)?;
+                if inserted == 1 {
+                    let job = Job {
+                        id: new.id,
+                        client_id: new.client_id,
+                        kind: new.kind,
+                        state: State::Pending { eta },
+                        created_at: now,
+                        dedup_hash: new.dedup_hash,
+                    };
+                    return Ok(Created {
+                        job,
+                        deduplicated: false,
+                    });
+                }
+                if select_by_id(&*client, new.id, false).await?.is_some() {
+                    return Err(StoreError::IdTaken(new.id));
+                }
+                if let Some(job) = select_pending_duplicate(&*client, &new).await? {
+                    return Ok(Created {
+                        job,
+                        deduplicated: true,
+                    });
+                }
+            }
+            Err(StoreError::backend(
+                "create a job",
+                std::io::Error::other("the pending duplicate kept changing"),
+            ))
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        id: Uuid,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<Finished, StoreError> {
+        self.with_client("finish a job", async |client| {
+            let failed = |e| StoreError::backend("finish a job", e);
+            let tx = client.transaction().await.map_err(failed)?;
+            // The row lock makes concurrent producers take turns.
+            let mut job = select_by_id(&tx, id, true).await?.ok_or(StoreError::NotFound(id))?;
+            let transition = jobs::decide(&job.state, &outcome)?;
+            if transition == Transition::Apply {
+                let (links, failure) = outcome_columns(&outcome);
+                let update = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET status = $2, links = $3, error_code = $4, error_type = $5, \
+                         error_message = $6, finished_at = $7 WHERE id = $1 AND status = 'PENDING'",
+                    )
+                    .await
+                    .map_err(failed)?;
+                tx.execute(
+                    &update,
+                    &[
+                        &id,
+                        &outcome.status().as_str(),
+                        &links.map(Json),
+                        &failure.map(|f| f.code),
+                        &failure.map(|f| &f.name),
+                        &failure.map(|f| &f.message),
+                        &now.to_system_time(),
+                    ],
+                )
+                .await
+                .map_err(failed)?;
+                job.state = outcome.into_state(now);
+            }
+            tx.commit().await.map_err(failed)?;
+            Ok(Finished { job, transition })
+        })
+        .await
+    }
+
+    async fn purge_batch(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let cutoff = jobs::expiry_cutoff(now, self.ttl).to_system_time();
+        self.with_client("purge expired jobs", async |client| {
+            let failed = |e| StoreError::backend("purge expired jobs", e);
+            // SKIP LOCKED: instances purging at the same time share the work.
+            let statement = client
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at <= $1 \
+                     ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                )
+                .await
+                .map_err(failed)?;
+            client
+                .execute(&statement, &[&cutoff, &i64::from(limit)])
+                .await
+                .map_err(failed)
+        })
+        .await
+    }
+}
+
+async fn select_by_id(
+    client: &impl GenericClient,
+    id: Uuid,
+    for_update: bool,
+) -> Result<Option<Job>, StoreError> {
+    let failed = |e| StoreError::backend("read a job", e);
+    let sql = if for_update {
+        select_jobs!("id = $1 FOR UPDATE")
+    } else {
+        select_jobs!("id = $1")
+    };
+    let statement = client.prepare_cached(sql).await.map_err(failed)?;
+    let found = client.query_opt(&statement, &[&id]).await.map_err(failed)?;
+    found.map(|found| row(&found)).transpose()
+}
+
+async fn select_pending_duplicate(
+    client: &impl GenericClient,
+    new: &NewJob,
+) -> Result<Option<Job>, StoreError> {
+    let Some(hash) = &new.dedup_hash else {
+        return Ok(None);
+    };
+    let failed = |e| StoreError::backend("look for a duplicate job", e);
+    let statement = client
+        .prepare_cached(select_jobs!(
+            "client_id = $1 AND dedup_hash = $2 AND status = 'PENDING'"
+        ))
+        .await
+        .map_err(failed)?;
+    let found = client
+        .query_opt(&statement, &[&new.client_id, hash])
+        .await
+        .map_err(failed)?;
+    found.map(|found| row(&found)).transpose()
+}
+
+fn row(found: &tokio_postgres::Row) -> Result<Job, StoreError> {
+    let failed = |e| StoreError::backend("decode a job", e);
+    let time = |column: &str| -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::from_system_time(
+            found.try_get(column).map_err(failed)?,
+        ))
+    };
+    Row {
+        id: found.try_get("id").map_err(failed)?,
+        client_id: found.try_get("client_id").map_err(failed)?,
+        kind: found.try_get("kind").map_err(failed)?,
+        status: found.try_get("status").map_err(failed)?,
+        eta: time("eta")?,
+        links: found
+            .try_get::<_, Option<Json<Vec<Link>>>>("links")
+            .map_err(failed)?
+            .map(|Json(links)| links),
+        error_code: found.try_get("error_code").map_err(failed)?,
+        error_type: found.try_get("error_type").map_err(failed)?,
+        error_message: found.try_get("error_message").map_err(failed)?,
+        dedup_hash: found.try_get("dedup_hash").map_err(failed)?,
+        created_at: time("created_at")?,
+        finished_at: found
+            .try_get::<_, Option<std::time::SystemTime>>("finished_at")
+            .map_err(failed)?
+            .map(Timestamp::from_system_time),
+    }
+    .into_job()
+}
