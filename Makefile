@@ -30,6 +30,7 @@ lint:
 	$(CARGO) clippy $(OURS) --all-targets -- -D warnings
 
 unit:
+	@[ -n "$$COMPOSITIONS_TEST_DATABASE_URL" ] || echo "COMPOSITIONS_TEST_DATABASE_URL is unset: skipping the PostgreSQL tests"
 	$(CARGO) test $(OURS)
 
 ## generate: regenerate generated/ from spec/ (commit both together)

@@ -280,3 +280,40 @@ fn statuses_map_both_ways() {
         assert_eq!(models::JobStatus::from(status).to_string(), status.as_str());
     }
 }
+
+#[tokio::test]
+async fn the_purge_task_deletes_expired_jobs_on_every_backend() {
+    let schema = compositions_tests::postgres::TestSchema::create().await;
+    let mut databases = vec![None];
+    databases.extend(schema.as_ref().map(|schema| Some(schema.url.clone())));
+    for database in databases {
+        let ctx = TestContext::with_config(|config| {
+            if let Some(url) = &database {
+                config.database = compositions_jobs::config::DatabaseUrl::Postgres(url.clone());
+            }
+            config.jobs.purge_interval = Duration::from_millis(100);
+        })
+        .await;
+        let job = ctx.create_job("mis-1").await;
+        let long_ago = Timestamp::now().minus(ctx.config.jobs.ttl + Duration::from_secs(1));
+        let link = Link::new(
+            "eHealth/resources",
+            format!("composition/{}", Uuid::new_v4()),
+        )
+        .unwrap();
+        ctx.store
+            .finish(job.id, Outcome::Done(vec![link]), long_ago)
+            .await
+            .unwrap();
+
+        let waited = std::time::Instant::now();
+        while ctx.store.get(job.id).await.unwrap().is_some() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(5),
+                "not purged ({database:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ctx.shutdown().await;
+    }
+}

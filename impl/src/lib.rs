@@ -28,6 +28,9 @@
 //! - **sqlx for SQLite.** It runs each connection on its own thread behind a
 //!   channel; rusqlite on the caller's thread answers a primary-key read in
 //!   microseconds (see `store::sqlite`).
+//! - **sqlx for PostgreSQL too, for one driver.** tokio-postgres with deadpool
+//!   gives a statement cache per connection and explicit control of every wait,
+//!   which the outage behaviour depends on (see `store::postgres`).
 //! - **Checking scopes by hand.** The generated router enforces the scopes written
 //!   in the spec; we only turn its plain-text 403 into the envelope.
 

@@ -2,116 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 
+use support::{Server, cli, get, get_with_headers, run, stdout};
 use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_compositions-jobs");
-
-/// The binary with its state under `dir`.
-fn cli(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command.env_clear().env("COMPOSITIONS_DATA_DIR", dir).env(
-        "COMPOSITIONS_DATABASE",
-        format!("sqlite:{}", dir.join("jobs.db").display()),
-    );
-    command
-}
-
-fn run(dir: &Path, args: &[&str]) -> Output {
-    cli(dir).args(args).output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-/// A `serve --dev` process on a free port, with its log collected.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let mut child = cli(dir)
-            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before serving")
-                .unwrap();
-            if let Some((_, rest)) = line.split_once("address=") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        // Keep reading the log so the server never blocks on a full pipe.
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            lines
-                .map_while(Result::ok)
-                .for_each(|line| sink.lock().unwrap().push(line));
-        });
-        Self {
-            child,
-            address,
-            log,
-        }
-    }
-
-    /// Stops the server with SIGTERM, checks that it exits cleanly, returns its log.
-    fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "the server exited with {exit} on SIGTERM");
-        std::mem::take(&mut *self.log.lock().unwrap())
-    }
-}
-
-/// `GET path` with a bearer token; returns the status and the JSON body.
-fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) = get_with_headers(address, path, token);
-    (status, body)
-}
-
-/// `GET path` with a bearer token; returns the status, the raw head and the JSON body.
-fn get_with_headers(
-    address: SocketAddr,
-    path: &str,
-    token: &str,
-) -> (u16, String, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), serde_json::from_str(body).unwrap())
-}
 
 #[test]
 fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
@@ -267,6 +163,37 @@ fn jobs_commands_report_through_exit_codes() {
     );
     let taken = ["jobs", "create", "--client-id", "mis-1", "--id", &id];
     assert_eq!(exit(&taken), Some(4), "an id that is taken");
+}
+
+#[test]
+fn jobs_purge_deletes_what_has_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let href = format!("composition/{}", Uuid::new_v4());
+    stdout(&run(
+        dir.path(),
+        &["jobs", "complete", &id, "--href", &href],
+    ));
+    let purge = |ttl: &str| {
+        stdout(
+            &cli(dir.path())
+                .env("COMPOSITIONS_JOBS__TTL", ttl)
+                .args(["jobs", "purge"])
+                .output()
+                .unwrap(),
+        )
+    };
+
+    assert_eq!(purge("7days"), "0");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(purge("10ms"), "1");
+    assert_eq!(
+        run(dir.path(), &["jobs", "show", &id]).status.code(),
+        Some(3)
+    );
 }
 
 #[test]

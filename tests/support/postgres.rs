@@ -4,6 +4,7 @@
 //! PostgreSQL half of a suite is skipped (`make unit` says so in one line); CI
 //! always sets it.
 
+use std::process::Command;
 use std::sync::Once;
 
 use tokio_postgres::NoTls;
@@ -96,4 +97,151 @@ async fn execute(url: &str, sql: &str) {
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A PostgreSQL server of the test's own, on a free port, that the test may stop
+/// and start (the machine's shared server is never touched).
+pub struct PrivateServer {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivateServer {
+    /// `initdb` and start a new cluster; `None` when PostgreSQL tests are disabled.
+    pub fn start() -> Option<Self> {
+        server_url()?;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let server = Self { dir, port };
+        server.hand_over_to_postgres_user();
+        let data = server.data();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.start_again();
+        Some(server)
+    }
+
+    /// A URL for the cluster's `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the stopped server on the same port and data.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server the hard way, as a crash would.
+    pub fn kill(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// PostgreSQL refuses to run as root; as root, run it as `postgres`.
+    fn running_as_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+    }
+
+    fn hand_over_to_postgres_user(&self) {
+        if Self::running_as_root() {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(self.dir.path())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "cannot hand the folder to the postgres user"
+            );
+        }
+    }
+
+    /// A server program: on `PATH`, or where Debian keeps it.
+    fn program(name: &str) -> String {
+        let on_path = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output();
+        if on_path.is_ok_and(|out| out.status.success()) {
+            return name.to_owned();
+        }
+        let mut installed: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|version| version.path().join("bin").join(name))
+            .filter(|path| path.exists())
+            .collect();
+        installed.sort();
+        installed
+            .pop()
+            .map_or_else(|| name.to_owned(), |path| path.display().to_string())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = &Self::program(program);
+        let mut command = if Self::running_as_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            Command::new(program)
+        };
+        let output = command
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} is needed for the PostgreSQL fault tests: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        // Already stopped is fine.
+        let _ = std::panic::catch_unwind(|| self.kill());
+    }
 }

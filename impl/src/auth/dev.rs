@@ -86,18 +86,7 @@ impl DevKey {
         };
         fs::create_dir_all(data_dir).map_err(io(data_dir))?;
         let key_path = data_dir.join(KEY_FILE);
-        let der = match fs::read_to_string(&key_path) {
-            Ok(pem) => decode_pem(&pem).ok_or_else(|| DevKeyError::BadKey {
-                path: key_path.clone(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let der = new_pkcs8()?;
-                write_private(&key_path, &encode_pem(&der)).map_err(io(&key_path))?;
-                der
-            }
-            Err(e) => return Err(io(&key_path)(e)),
-        };
-        let key = EncodingKey::from_ed_der(&der);
+        let key = EncodingKey::from_ed_der(&load_or_create_key(&key_path)?);
 
         // Rewritten every time, so that it always matches the key.
         let mut jwk =
@@ -108,7 +97,11 @@ impl DevKey {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let jwks_path = data_dir.join(JWKS_FILE);
         let jwks = serde_json::to_string_pretty(&JwkSet { keys: vec![jwk] }).unwrap_or_default();
-        fs::write(&jwks_path, jwks).map_err(io(&jwks_path))?;
+        // Replaced atomically: a server starting beside us never reads half a file.
+        let temp = temporary_sibling(&jwks_path);
+        fs::write(&temp, jwks)
+            .and_then(|()| fs::rename(&temp, &jwks_path))
+            .map_err(io(&jwks_path))?;
         Ok(Self { key })
     }
 
@@ -140,6 +133,44 @@ impl DevKey {
     }
 }
 
+/// The key at `path`, made if there is none. Two processes starting together agree
+/// on one key: each writes a whole file aside and links it into place, and the
+/// loser reads the winner's.
+fn load_or_create_key(path: &Path) -> Result<Vec<u8>, DevKeyError> {
+    let io = |source| DevKeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    loop {
+        match fs::read_to_string(path) {
+            Ok(pem) => {
+                return decode_pem(&pem).ok_or_else(|| DevKeyError::BadKey {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let der = new_pkcs8()?;
+        let temp = temporary_sibling(path);
+        write_private(&temp, &encode_pem(&der)).map_err(io)?;
+        let linked = fs::hard_link(&temp, path);
+        // Best effort: a stray temporary file is harmless.
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => return Ok(der),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(e)),
+        }
+    }
+}
+
+/// `dir/name` → `dir/.name.<pid>.tmp`.
+fn temporary_sibling(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
 fn new_pkcs8() -> Result<Vec<u8>, DevKeyError> {
     let mut seed = [0_u8; 32];
     getrandom::fill(&mut seed).map_err(DevKeyError::Random)?;
@@ -165,7 +196,7 @@ fn decode_pem(pem: &str) -> Option<Vec<u8>> {
 /// Writes a file only its owner can read.
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options.open(path)?.write_all(contents.as_bytes())

@@ -182,18 +182,15 @@ impl JobStore for PostgresStore {
     ) -> Result<Option<Job>, StoreError> {
         let cutoff = jobs::expiry_cutoff(now, self.ttl).to_system_time();
         self.with_client("read a job", async |client| {
-            let failed = |e| StoreError::backend("read a job", e);
-            let statement = client
-                .prepare_cached(select_jobs!(
+            query_job(
+                &*client,
+                "read a job",
+                select_jobs!(
                     "id = $1 AND client_id = $2 AND (finished_at IS NULL OR finished_at > $3)"
-                ))
-                .await
-                .map_err(failed)?;
-            let found = client
-                .query_opt(&statement, &[&id, &client_id, &cutoff])
-                .await
-                .map_err(failed)?;
-            found.map(|found| row(&found)).transpose()
+                ),
+                &[&id, &client_id, &cutoff],
+            )
+            .await
         })
         .await
     }
@@ -335,15 +332,12 @@ async fn select_by_id(
     id: Uuid,
     for_update: bool,
 ) -> Result<Option<Job>, StoreError> {
-    let failed = |e| StoreError::backend("read a job", e);
     let sql = if for_update {
         select_jobs!("id = $1 FOR UPDATE")
     } else {
         select_jobs!("id = $1")
     };
-    let statement = client.prepare_cached(sql).await.map_err(failed)?;
-    let found = client.query_opt(&statement, &[&id]).await.map_err(failed)?;
-    found.map(|found| row(&found)).transpose()
+    query_job(client, "read a job", sql, &[&id]).await
 }
 
 async fn select_pending_duplicate(
@@ -353,17 +347,25 @@ async fn select_pending_duplicate(
     let Some(hash) = &new.dedup_hash else {
         return Ok(None);
     };
-    let failed = |e| StoreError::backend("look for a duplicate job", e);
-    let statement = client
-        .prepare_cached(select_jobs!(
-            "client_id = $1 AND dedup_hash = $2 AND status = 'PENDING'"
-        ))
-        .await
-        .map_err(failed)?;
-    let found = client
-        .query_opt(&statement, &[&new.client_id, hash])
-        .await
-        .map_err(failed)?;
+    query_job(
+        client,
+        "look for a duplicate job",
+        select_jobs!("client_id = $1 AND dedup_hash = $2 AND status = 'PENDING'"),
+        &[&new.client_id, hash],
+    )
+    .await
+}
+
+/// At most one job, with a statement prepared once per connection.
+async fn query_job(
+    client: &impl GenericClient,
+    operation: &'static str,
+    sql: &'static str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<Job>, StoreError> {
+    let failed = |e| StoreError::backend(operation, e);
+    let statement = client.prepare_cached(sql).await.map_err(failed)?;
+    let found = client.query_opt(&statement, params).await.map_err(failed)?;
     found.map(|found| row(&found)).transpose()
 }
 

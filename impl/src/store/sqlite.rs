@@ -181,18 +181,15 @@ impl JobStore for SqliteStore {
         let cutoff = jobs::expiry_cutoff(now, self.inner.ttl);
         let mut id_buf = Uuid::encode_buffer();
         let id: &str = id.hyphenated().encode_lower(&mut id_buf);
-        let connection = self.inner.reader();
-        let mut statement = connection
-            .prepare_cached(select_jobs!(
+        query_job(
+            &self.inner.reader(),
+            "read a job",
+            select_jobs!(
                 "id = ?1 AND client_id = ?2 ",
                 "AND (finished_at IS NULL OR finished_at > ?3)"
-            ))
-            .map_err(|e| StoreError::backend("read a job", e))?;
-        statement
-            .query_row(params![id, client_id, cutoff.as_millis()], job_from_row)
-            .optional()
-            .map_err(|e| StoreError::backend("read a job", e))?
-            .transpose()
+            ),
+            params![id, client_id, cutoff.as_millis()],
+        )
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -301,15 +298,30 @@ impl JobStore for SqliteStore {
     }
 }
 
-fn select_by_id(connection: &Connection, id: Uuid) -> Result<Option<Job>, StoreError> {
-    let failed = |e| StoreError::backend("read a job", e);
+/// At most one job, with a statement prepared once per connection.
+fn query_job(
+    connection: &Connection,
+    operation: &'static str,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+) -> Result<Option<Job>, StoreError> {
+    let failed = |e| StoreError::backend(operation, e);
     connection
-        .prepare_cached(select_jobs!("id = ?1"))
+        .prepare_cached(sql)
         .map_err(failed)?
-        .query_row(params![id.to_string()], job_from_row)
+        .query_row(params, job_from_row)
         .optional()
         .map_err(failed)?
         .transpose()
+}
+
+fn select_by_id(connection: &Connection, id: Uuid) -> Result<Option<Job>, StoreError> {
+    query_job(
+        connection,
+        "read a job",
+        select_jobs!("id = ?1"),
+        params![id.to_string()],
+    )
 }
 
 fn select_pending_duplicate(
@@ -319,16 +331,12 @@ fn select_pending_duplicate(
     let Some(hash) = &new.dedup_hash else {
         return Ok(None);
     };
-    let failed = |e| StoreError::backend("look for a duplicate job", e);
-    connection
-        .prepare_cached(select_jobs!(
-            "client_id = ?1 AND dedup_hash = ?2 AND status = 'PENDING'"
-        ))
-        .map_err(failed)?
-        .query_row(params![new.client_id, hash], job_from_row)
-        .optional()
-        .map_err(failed)?
-        .transpose()
+    query_job(
+        connection,
+        "look for a duplicate job",
+        select_jobs!("client_id = ?1 AND dedup_hash = ?2 AND status = 'PENDING'"),
+        params![new.client_id, hash],
+    )
 }
 
 fn to_json(links: &[Link]) -> Result<String, StoreError> {
