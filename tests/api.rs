@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 fn task_found(response: GetAsyncJobStatusResponse) -> models::JobEnvelope {
     match response {
-        GetAsyncJobStatusResponse::TaskFound(envelope) => envelope,
+        GetAsyncJobStatusResponse::TaskFound { body, .. } => body,
         other => panic!("expected 200 Task found, got {other:?}"),
     }
 }

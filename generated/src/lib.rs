@@ -26,7 +26,50 @@ pub use auth::{AuthenticationApi, Claims};
 pub enum GetAsyncJobStatusResponse {
     /// Task found. The job exists and belongs to the caller.
     TaskFound
-    (models::JobEnvelope)
+    {
+        body: models::JobEnvelope,
+        e_tag:
+        String
+        ,
+        cache_control:
+        String
+        ,
+        vary:
+        String
+        ,
+        retry_after:
+        Option<
+        i32
+        >
+        ,
+        preference_applied:
+        Option<
+        String
+        >
+    }
+    ,
+    /// Not modified: the `If-None-Match` tag is still current (after waiting, when `Prefer: wait` was sent). No body; the headers are those of a 200. 
+    NotModified
+    {
+        e_tag:
+        String
+        ,
+        cache_control:
+        String
+        ,
+        vary:
+        String
+        ,
+        retry_after:
+        Option<
+        i32
+        >
+        ,
+        preference_applied:
+        Option<
+        String
+        >
+    }
     ,
     /// Invalid request format. `asyncJobId` is not a UUID.
     InvalidRequestFormat
@@ -56,6 +99,16 @@ pub enum GetAsyncJobStatusResponse {
         String
     }
     ,
+    /// Too many requests: this client polls this job faster than the service allows (by default 10 at once, then 1 a second). Wait `Retry-After` seconds. eHealth has no error type for 429; this service uses `too_many_requests`. 
+    TooManyRequests
+    {
+        body: models::ErrorEnvelope,
+        retry_after:
+        Option<
+        i32
+        >
+    }
+    ,
     /// Subordinate service error: the job store failed. The body never carries internal detail; quote `meta.request_id` to the operators. 
     SubordinateServiceError
     (models::ErrorEnvelope)
@@ -70,6 +123,8 @@ pub trait Api<C: Send + Sync> {
     async fn get_async_job_status(
         &self,
         async_job_id: uuid::Uuid,
+        if_none_match: Option<String>,
+        prefer: Option<String>,
         context: &C) -> Result<GetAsyncJobStatusResponse, ApiError>;
 
 }
@@ -90,6 +145,8 @@ pub trait ApiNoContext<C: Send + Sync> {
     async fn get_async_job_status(
         &self,
         async_job_id: uuid::Uuid,
+        if_none_match: Option<String>,
+        prefer: Option<String>,
         ) -> Result<GetAsyncJobStatusResponse, ApiError>;
 
 }
@@ -117,10 +174,12 @@ impl<T: Api<C> + Send + Sync, C: Clone + Send + Sync> ApiNoContext<C> for Contex
     async fn get_async_job_status(
         &self,
         async_job_id: uuid::Uuid,
+        if_none_match: Option<String>,
+        prefer: Option<String>,
         ) -> Result<GetAsyncJobStatusResponse, ApiError>
     {
         let context = self.context().clone();
-        self.api().get_async_job_status(async_job_id, &context).await
+        self.api().get_async_job_status(async_job_id, if_none_match, prefer, &context).await
     }
 
 }

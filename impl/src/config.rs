@@ -44,6 +44,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The connection pool, when `database` is PostgreSQL.
     pub postgres: PostgresConfig,
+    /// What pollers are told, how long they may wait, and how often they may ask.
+    pub polling: PollingConfig,
 }
 
 /// How callers are authenticated.
@@ -91,6 +93,32 @@ pub struct JobsConfig {
     pub purge_batch: u32,
 }
 
+/// Polling: `Retry-After`, long-polling with `Prefer: wait`, and the limit on how
+/// often one client may poll one job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollingConfig {
+    /// The shortest `Retry-After` sent while a job is pending.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_min: Duration,
+    /// The longest `Retry-After` sent while a job is pending.
+    #[serde(with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// The longest `Prefer: wait` granted.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Polls of one job by one client allowed per second, after the burst; 0 turns
+    /// the limit off.
+    pub limit_per_second: f64,
+    /// Polls of one job by one client allowed at once.
+    pub limit_burst: u32,
+    /// How many (client, job) pairs the limiter remembers at most.
+    pub limit_entries: usize,
+    /// SQLite: how often to look for transitions written by other processes.
+    #[serde(with = "humantime_serde")]
+    pub change_check_interval: Duration,
+}
+
 /// The PostgreSQL connection pool. Every wait is bounded, so an outage turns into
 /// prompt 500s rather than hung requests.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +161,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             http: HttpConfig::default(),
             postgres: PostgresConfig::default(),
+            polling: PollingConfig::default(),
         }
     }
 }
@@ -156,6 +185,20 @@ impl Default for JobsConfig {
             default_eta: Duration::from_secs(30),
             purge_interval: Duration::from_secs(10 * 60),
             purge_batch: 500,
+        }
+    }
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        Self {
+            retry_after_min: Duration::from_secs(1),
+            retry_after_max: Duration::from_secs(10),
+            max_wait: Duration::from_secs(30),
+            limit_per_second: 1.0,
+            limit_burst: 10,
+            limit_entries: 100_000,
+            change_check_interval: Duration::from_millis(50),
         }
     }
 }
@@ -257,6 +300,11 @@ impl Config {
             ("postgres.acquire_timeout", self.postgres.acquire_timeout),
             ("postgres.connect_timeout", self.postgres.connect_timeout),
             ("postgres.query_timeout", self.postgres.query_timeout),
+            ("polling.retry_after_min", self.polling.retry_after_min),
+            (
+                "polling.change_check_interval",
+                self.polling.change_check_interval,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
@@ -267,6 +315,24 @@ impl Config {
         }
         if self.postgres.pool_size == 0 {
             return Err(invalid("postgres.pool_size", "must be at least 1"));
+        }
+        if self.polling.retry_after_max < self.polling.retry_after_min {
+            return Err(invalid(
+                "polling.retry_after_max",
+                "must not be shorter than polling.retry_after_min",
+            ));
+        }
+        if !(self.polling.limit_per_second.is_finite() && self.polling.limit_per_second >= 0.0) {
+            return Err(invalid(
+                "polling.limit_per_second",
+                "must be a number of 0 or more",
+            ));
+        }
+        if self.polling.limit_burst == 0 || self.polling.limit_entries == 0 {
+            return Err(invalid(
+                "polling.limit_burst",
+                "limit_burst and limit_entries must be at least 1",
+            ));
         }
         Ok(self)
     }

@@ -11,6 +11,7 @@
 //! - [`config`]: one struct, checked at start-up.
 //! - [`auth`]: bearer JWTs verified against a JWKS, or the eHealth gateway's headers.
 //! - [`jobs`]: the job, its states and the lifecycle rules.
+//! - [`polling`]: ETag, Retry-After, Cache-Control and the long poll.
 //! - [`store`]: the `JobStore` interface, its SQLite and PostgreSQL backends, and
 //!   the purge of expired jobs.
 //! - [`http`]: the only implementation of the generated trait, the mapping between
@@ -38,6 +39,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod polling;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -76,6 +78,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    store: Store,
 }
 
 impl ServerHandle {
@@ -84,7 +87,14 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in flight finish, and waits.
+    /// The server's own store: transitions made through it wake its long polls
+    /// at once (for producers embedded in the same process).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops accepting, answers long polls at once, lets requests in flight
+    /// finish, and waits.
     pub async fn shutdown(self) {
         // Ignoring the error is right: it only means the server already stopped.
         let _ = self.shutdown.send(true);
@@ -119,8 +129,15 @@ pub async fn start_server(
         config.jobs.purge_batch,
         shutdown_rx.clone(),
     ));
+    let watcher = tokio::spawn(
+        store
+            .clone()
+            .watch_changes(config.polling.change_check_interval, shutdown_rx.clone()),
+    );
+    let limiter = http::RateLimiter::new(&config.polling);
+    let polling = polling::Polling::new(store.clone(), config.polling.clone(), shutdown_rx.clone());
     let app = http::App::new(
-        http::JobsApi::new(store),
+        http::JobsApi::new(polling, limiter),
         authenticator,
         config.public_url.clone(),
         local_addr,
@@ -129,6 +146,7 @@ pub async fn start_server(
     Ok(ServerHandle {
         local_addr,
         shutdown,
-        tasks: vec![server, purger],
+        tasks: vec![server, purger, watcher],
+        store,
     })
 }

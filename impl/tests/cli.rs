@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Server, cli, get, get_with_headers, run, stdout};
+use support::{Server, cli, get, get_sending, get_with_headers, run, stdout};
 use uuid::Uuid;
 
 #[test]
@@ -45,6 +45,48 @@ fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
     let other = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-2"]));
     assert_eq!(get(address, &path, &other).0, 404);
 
+    server.stop();
+}
+
+#[test]
+fn a_long_poll_wakes_when_another_process_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
+    let (address, path) = (
+        server.address,
+        format!("/api/patients/composition/job/{id}"),
+    );
+    let waiting = std::thread::spawn(move || {
+        let response = get_sending(address, &path, &token, "Prefer: wait=20\r\n");
+        (response, std::time::Instant::now())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let finished = std::time::Instant::now();
+    let href = format!("composition/{}", Uuid::new_v4());
+    stdout(&run(
+        dir.path(),
+        &["jobs", "complete", &id, "--href", &href],
+    ));
+    let ((status, head, body), answered) = waiting.join().unwrap();
+
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("DONE"))
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("preference-applied: wait=20"),
+        "{head}"
+    );
+    let latency = answered.duration_since(finished);
+    // The CLI's own start-up is part of it; the detector alone takes ~50 ms.
+    assert!(latency < std::time::Duration::from_secs(3), "{latency:?}");
     server.stop();
 }
 

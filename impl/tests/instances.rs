@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use postgres::TestSchema;
-use support::{Server, cli, get, stdout};
+use support::{Server, cli, get, get_sending, stdout};
 use uuid::Uuid;
 
 /// The binary with its dev key under `dir` and its jobs in `schema`.
@@ -93,6 +93,56 @@ async fn two_instances_read_what_any_process_writes() {
     }
     first.stop();
     second.stop();
+}
+
+#[tokio::test]
+async fn one_transition_wakes_the_long_polls_of_every_instance() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        stdout(
+            &on_postgres(dir.path(), &schema)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let instances = [
+        Server::spawn(on_postgres(dir.path(), &schema)),
+        Server::spawn(on_postgres(dir.path(), &schema)),
+    ];
+    let id = run(&["jobs", "create", "--client-id", "mis-1"]);
+    let token = run(&["dev", "token", "--client-id", "mis-1"]);
+
+    let waiters: Vec<_> = instances
+        .iter()
+        .map(|instance| {
+            let (address, path, token) = (instance.address, path(&id), token.clone());
+            std::thread::spawn(move || {
+                let response = get_sending(address, &path, &token, "Prefer: wait=20\r\n");
+                (response, std::time::Instant::now())
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let finished = std::time::Instant::now();
+    let href = format!("composition/{}", Uuid::new_v4());
+    run(&["jobs", "complete", &id, "--href", &href]);
+
+    for waiter in waiters {
+        let ((status, _, body), answered) = waiter.join().unwrap();
+        assert_eq!(
+            (status, body["data"]["status"].as_str()),
+            (200, Some("DONE"))
+        );
+        let latency = answered.duration_since(finished);
+        assert!(latency < std::time::Duration::from_secs(3), "{latency:?}");
+    }
+    for instance in instances {
+        instance.stop();
+    }
 }
 
 #[tokio::test]

@@ -51,9 +51,11 @@ def change_job_id_type(spec):
 
 
 def add_response_code(spec):
-    operation(spec)["responses"]["429"] = {
-        "x-response-id": "TooManyRequests",
-        "description": "Too many requests.",
+    responses = operation(spec)["responses"]
+    assert "409" not in responses, "pick a response code the spec does not have"
+    responses["409"] = {
+        "x-response-id": "Conflict",
+        "description": "Conflict.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
     }
 
@@ -88,7 +90,7 @@ CASES = [
     ("1. rename the operationId", rename_operation_id, True),
     ("2. add a required property to Job", add_required_job_property, True),
     ("3. change the type of asyncJobId", change_job_id_type, True),
-    ("4. add a response code (429)", add_response_code, True),
+    ("4. add a response code (409)", add_response_code, True),
     ("5. add a status value (CANCELLED)", add_status_value, True),
     ("6. remove the links property", remove_links, True),
     ("7. rename JobError.message", rename_error_property, True),

@@ -56,7 +56,9 @@ impl TestContext {
         Self::with_config(|_| {}).await
     }
 
-    /// A service with the test configuration changed by `configure`.
+    /// A service with the test configuration changed by `configure`. The polling
+    /// limit is off unless `configure` sets one: several suites poll one job many
+    /// times on purpose.
     pub async fn with_config(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -68,6 +70,7 @@ impl TestContext {
         config.auth.jwks = Some(fixture("jwks.json"));
         config.auth.issuer = Some(tokens::ISSUER.into());
         config.auth.audience = Some(tokens::AUDIENCE.into());
+        config.polling.limit_per_second = 0.0;
         configure(&mut config);
         let config = config.validated().unwrap();
 
@@ -90,6 +93,11 @@ impl TestContext {
         format!("http://{}", self.addr)
     }
 
+    /// The server's own store: transitions through it wake long polls at once.
+    pub fn server_store(&self) -> &Store {
+        self.server.store()
+    }
+
     /// Stops the server, letting requests in flight finish.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
@@ -109,13 +117,7 @@ impl TestContext {
 
     /// Finishes a job as DONE with a link to `composition/<composition>`.
     pub async fn complete_job(&self, id: Uuid, composition: Uuid) -> Job {
-        let link = Link::new("eHealth/resources", format!("composition/{composition}")).unwrap();
-        let outcome = Outcome::Done(vec![link]);
-        self.store
-            .finish(id, outcome, Timestamp::now())
-            .await
-            .unwrap()
-            .job
+        complete(&self.store, id, composition).await
     }
 
     /// Finishes a job as FAILED.
@@ -134,12 +136,30 @@ impl TestContext {
         id: Uuid,
         token: Option<String>,
     ) -> Result<GetAsyncJobStatusResponse, ApiError> {
+        self.poll_with(id, token, None, None).await
+    }
+
+    /// Polls a job through the generated client with `If-None-Match` and `Prefer`.
+    pub async fn poll_with(
+        &self,
+        id: Uuid,
+        token: Option<String>,
+        if_none_match: Option<&str>,
+        prefer: Option<&str>,
+    ) -> Result<GetAsyncJobStatusResponse, ApiError> {
         let client = Client::try_new_http(&self.base_url()).unwrap();
         let context = ClientContext {
             span: XSpanIdString::default(),
             auth: token.and_then(|token| AuthData::bearer(&token)),
         };
-        client.get_async_job_status(id, &context).await
+        client
+            .get_async_job_status(
+                id,
+                if_none_match.map(str::to_owned),
+                prefer.map(str::to_owned),
+                &context,
+            )
+            .await
     }
 
     /// Sends `GET path` with these extra header lines over raw HTTP/1.1.
@@ -165,6 +185,16 @@ impl TestContext {
             "error": error,
         })
     }
+}
+
+/// Finishes a job through `store` as DONE with a link to `composition/<composition>`.
+pub async fn complete(store: &Store, id: Uuid, composition: Uuid) -> Job {
+    let link = Link::new("eHealth/resources", format!("composition/{composition}")).unwrap();
+    store
+        .finish(id, Outcome::Done(vec![link]), Timestamp::now())
+        .await
+        .unwrap()
+        .job
 }
 
 /// The generated client's per-call context: a span id and the credentials.

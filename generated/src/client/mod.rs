@@ -448,6 +448,8 @@ impl<S, C, B> Api<C> for Client<S, C> where
     async fn get_async_job_status(
         &self,
         param_async_job_id: uuid::Uuid,
+        param_if_none_match: Option<String>,
+        param_prefer: Option<String>,
         context: &C) -> Result<GetAsyncJobStatusResponse, ApiError>
     {
         let mut client_service = self.client_service.clone();
@@ -507,13 +509,120 @@ impl<S, C, B> Api<C> for Client<S, C> where
             }
         }
 
+        // Header parameters
+        #[allow(clippy::single_match)]
+        match param_if_none_match {
+            Some(param_if_none_match) => {
+        request.headers_mut().append(
+            HeaderName::from_static("if-none-match"),
+            #[allow(clippy::redundant_clone, clippy::clone_on_copy)]
+            match header::IntoHeaderValue(param_if_none_match.clone()).try_into() {
+                Ok(header) => header,
+                Err(e) => {
+                    return Err(ApiError(format!(
+                        "Invalid header if_none_match - {e}")));
+                },
+            });
+            },
+            None => {}
+        }
+
+        #[allow(clippy::single_match)]
+        match param_prefer {
+            Some(param_prefer) => {
+        request.headers_mut().append(
+            HeaderName::from_static("prefer"),
+            #[allow(clippy::redundant_clone, clippy::clone_on_copy)]
+            match header::IntoHeaderValue(param_prefer.clone()).try_into() {
+                Ok(header) => header,
+                Err(e) => {
+                    return Err(ApiError(format!(
+                        "Invalid header prefer - {e}")));
+                },
+            });
+            },
+            None => {}
+        }
+
         let response = client_service.call((request, context.clone()))
             .map_err(|e| ApiError(format!("No response received: {e}"))).await?;
 
         match response.status().as_u16() {
             200 => {
+                let (header, body) = response.into_parts();
+                let response_e_tag = match header.headers.get(HeaderName::from_static("etag")) {
+                    Some(response_e_tag) => {
+                        let response_e_tag = response_e_tag.clone();
+                        let response_e_tag = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_e_tag) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header ETag for response 200 - {e}")));
+                            },
+                        };
+                        response_e_tag.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header ETag for response 200 was not found."))),
+                };
 
-                let body = http_body_util::BodyExt::collect(response.into_body())
+                let response_cache_control = match header.headers.get(HeaderName::from_static("cache-control")) {
+                    Some(response_cache_control) => {
+                        let response_cache_control = response_cache_control.clone();
+                        let response_cache_control = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_cache_control) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Cache-Control for response 200 - {e}")));
+                            },
+                        };
+                        response_cache_control.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header Cache-Control for response 200 was not found."))),
+                };
+
+                let response_vary = match header.headers.get(HeaderName::from_static("vary")) {
+                    Some(response_vary) => {
+                        let response_vary = response_vary.clone();
+                        let response_vary = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_vary) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Vary for response 200 - {e}")));
+                            },
+                        };
+                        response_vary.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header Vary for response 200 was not found."))),
+                };
+
+                let response_retry_after = match header.headers.get(HeaderName::from_static("retry-after")) {
+                    Some(response_retry_after) => {
+                        let response_retry_after = response_retry_after.clone();
+                        let response_retry_after = match TryInto::<header::IntoHeaderValue<i32>>::try_into(response_retry_after) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Retry-After for response 200 - {e}")));
+                            },
+                        };
+                        Some(response_retry_after.0)
+                        },
+                    None => None,
+                };
+
+                let response_preference_applied = match header.headers.get(HeaderName::from_static("preference-applied")) {
+                    Some(response_preference_applied) => {
+                        let response_preference_applied = response_preference_applied.clone();
+                        let response_preference_applied = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_preference_applied) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Preference-Applied for response 200 - {e}")));
+                            },
+                        };
+                        Some(response_preference_applied.0)
+                        },
+                    None => None,
+                };
+
+
+                let body = http_body_util::BodyExt::collect(body)
+
                         .await
                         .map(|f| f.to_bytes().to_vec())
                         .map_err(|e| ApiError(format!("Failed to read response: {}", e.into())))?;
@@ -524,7 +633,97 @@ impl<S, C, B> Api<C> for Client<S, C> where
                     .map_err(|e| ApiError(format!("Response body did not match the schema: {e}")))?;
 
                 Ok(GetAsyncJobStatusResponse::TaskFound
-                    (body)
+                    {
+                        body,
+                        e_tag: response_e_tag,
+                        cache_control: response_cache_control,
+                        vary: response_vary,
+                        retry_after: response_retry_after,
+                        preference_applied: response_preference_applied,
+                    }
+                )
+            }
+            304 => {
+                let (header, body) = response.into_parts();
+                let response_e_tag = match header.headers.get(HeaderName::from_static("etag")) {
+                    Some(response_e_tag) => {
+                        let response_e_tag = response_e_tag.clone();
+                        let response_e_tag = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_e_tag) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header ETag for response 304 - {e}")));
+                            },
+                        };
+                        response_e_tag.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header ETag for response 304 was not found."))),
+                };
+
+                let response_cache_control = match header.headers.get(HeaderName::from_static("cache-control")) {
+                    Some(response_cache_control) => {
+                        let response_cache_control = response_cache_control.clone();
+                        let response_cache_control = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_cache_control) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Cache-Control for response 304 - {e}")));
+                            },
+                        };
+                        response_cache_control.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header Cache-Control for response 304 was not found."))),
+                };
+
+                let response_vary = match header.headers.get(HeaderName::from_static("vary")) {
+                    Some(response_vary) => {
+                        let response_vary = response_vary.clone();
+                        let response_vary = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_vary) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Vary for response 304 - {e}")));
+                            },
+                        };
+                        response_vary.0
+                        },
+                    None => return Err(ApiError(String::from("Required response header Vary for response 304 was not found."))),
+                };
+
+                let response_retry_after = match header.headers.get(HeaderName::from_static("retry-after")) {
+                    Some(response_retry_after) => {
+                        let response_retry_after = response_retry_after.clone();
+                        let response_retry_after = match TryInto::<header::IntoHeaderValue<i32>>::try_into(response_retry_after) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Retry-After for response 304 - {e}")));
+                            },
+                        };
+                        Some(response_retry_after.0)
+                        },
+                    None => None,
+                };
+
+                let response_preference_applied = match header.headers.get(HeaderName::from_static("preference-applied")) {
+                    Some(response_preference_applied) => {
+                        let response_preference_applied = response_preference_applied.clone();
+                        let response_preference_applied = match TryInto::<header::IntoHeaderValue<String>>::try_into(response_preference_applied) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Preference-Applied for response 304 - {e}")));
+                            },
+                        };
+                        Some(response_preference_applied.0)
+                        },
+                    None => None,
+                };
+
+                Ok(
+                    GetAsyncJobStatusResponse::NotModified
+                    {
+                        e_tag: response_e_tag,
+                        cache_control: response_cache_control,
+                        vary: response_vary,
+                        retry_after: response_retry_after,
+                        preference_applied: response_preference_applied,
+                    }
                 )
             }
             400 => {
@@ -642,6 +841,41 @@ impl<S, C, B> Api<C> for Client<S, C> where
                     {
                         body,
                         allow: response_allow,
+                    }
+                )
+            }
+            429 => {
+                let (header, body) = response.into_parts();
+                let response_retry_after = match header.headers.get(HeaderName::from_static("retry-after")) {
+                    Some(response_retry_after) => {
+                        let response_retry_after = response_retry_after.clone();
+                        let response_retry_after = match TryInto::<header::IntoHeaderValue<i32>>::try_into(response_retry_after) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Retry-After for response 429 - {e}")));
+                            },
+                        };
+                        Some(response_retry_after.0)
+                        },
+                    None => None,
+                };
+
+
+                let body = http_body_util::BodyExt::collect(body)
+
+                        .await
+                        .map(|f| f.to_bytes().to_vec())
+                        .map_err(|e| ApiError(format!("Failed to read response: {}", e.into())))?;
+
+                let body = str::from_utf8(&body)
+                    .map_err(|e| ApiError(format!("Response was not valid UTF8: {e}")))?;
+                let body = serde_json::from_str::<models::ErrorEnvelope>(body)
+                    .map_err(|e| ApiError(format!("Response body did not match the schema: {e}")))?;
+
+                Ok(GetAsyncJobStatusResponse::TooManyRequests
+                    {
+                        body,
+                        retry_after: response_retry_after,
                     }
                 )
             }

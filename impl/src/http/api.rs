@@ -1,8 +1,11 @@
 //! The implementation of the generated `Api` trait: the thin handler.
 //!
 //! By the time it runs, the layers around the router have authenticated the caller
-//! and the router has checked the scope and parsed the id. It asks the store and
-//! hands the result to [`super::mapping`].
+//! and the router has checked the scope, parsed the id and read the headers. It
+//! applies the polling limit, asks [`Polling`] and hands the result to
+//! [`super::mapping`].
+
+use std::sync::Arc;
 
 use compositions_api::{Api, GetAsyncJobStatusResponse};
 use swagger::ApiError;
@@ -10,21 +13,25 @@ use uuid::Uuid;
 
 use super::context::RequestContext;
 use super::error::RequestError;
+use super::limiter::RateLimiter;
 use super::mapping;
 use crate::auth::AuthError;
-use crate::jobs::Timestamp;
-use crate::store::{JobStore, Store};
+use crate::polling::Polling;
 
 /// The service's answer to the generated API.
 #[derive(Clone, Debug)]
 pub struct JobsApi {
-    store: Store,
+    polling: Polling,
+    limiter: Arc<RateLimiter>,
 }
 
 impl JobsApi {
-    /// An API backed by `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// An API that answers with `polling`, limited by `limiter`.
+    pub fn new(polling: Polling, limiter: RateLimiter) -> Self {
+        Self {
+            polling,
+            limiter: Arc::new(limiter),
+        }
     }
 }
 
@@ -33,15 +40,25 @@ impl Api<RequestContext> for JobsApi {
     async fn get_async_job_status(
         &self,
         async_job_id: Uuid,
+        if_none_match: Option<String>,
+        prefer: Option<String>,
         context: &RequestContext,
     ) -> Result<GetAsyncJobStatusResponse, ApiError> {
         let result = match context.client_id() {
-            Some(client_id) => self
-                .store
-                .find_for_client(async_job_id, client_id, Timestamp::now())
-                .await
-                .map_err(RequestError::Store)
-                .and_then(|job| job.ok_or(RequestError::JobNotFound)),
+            Some(client_id) => match self.limiter.check(client_id, async_job_id) {
+                Err(retry_after) => Err(RequestError::TooManyRequests { retry_after }),
+                Ok(()) => self
+                    .polling
+                    .poll(
+                        client_id,
+                        async_job_id,
+                        if_none_match.as_deref(),
+                        prefer.as_deref(),
+                    )
+                    .await
+                    .map_err(RequestError::Store)
+                    .and_then(|answer| answer.ok_or(RequestError::JobNotFound)),
+            },
             // Unreachable through `App`, which authenticates before routing.
             None => Err(RequestError::Unauthenticated(AuthError::MissingToken)),
         };

@@ -9,12 +9,14 @@ use crate::store::StoreError;
 /// Why a request gets an error envelope instead of a job.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// A path parameter does not have its declared type.
-    #[error("path parameter {parameter} is not a {expected}")]
+    /// A parameter does not have its declared type.
+    #[error("{location} {parameter} is not {expected}")]
     MalformedParameter {
+        /// Where it is: `path_parameter` or `header`.
+        location: &'static str,
         /// The parameter's name in the spec.
         parameter: String,
-        /// The declared format.
+        /// What it should be, e.g. `uuid`.
         expected: &'static str,
     },
     /// No or bad credentials.
@@ -25,6 +27,12 @@ pub enum RequestError {
     MissingScopes {
         /// The required scopes the caller lacks.
         missing: Vec<String>,
+    },
+    /// The caller polls this job too often.
+    #[error("polled too often; retry after {retry_after:?}")]
+    TooManyRequests {
+        /// How long until the next poll is accepted.
+        retry_after: std::time::Duration,
     },
     /// No job with this id belongs to the caller (or it has expired).
     #[error("job not found")]

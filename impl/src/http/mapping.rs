@@ -15,25 +15,60 @@ use compositions_api::GetAsyncJobStatusResponse;
 use compositions_api::models;
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, RETRY_AFTER,
+    VARY as VARY_HEADER, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 
 use super::context::RequestMeta;
 use super::error::RequestError;
 use crate::auth::AuthError;
 use crate::jobs::{DEFAULT_ENTITY, Failure, Job, Link, State, Status};
+use crate::polling::{self, Answer};
 
 /// The body type the generated router uses, and so do we.
 pub type Body = BoxBody<Bytes, Infallible>;
 
+/// What `Vary` names on every answer with a job: how long it may wait.
+const VARY: &str = "Prefer";
+
 /// The job, or why there is none, as the generated response.
-pub fn respond(result: Result<Job, RequestError>, meta: &RequestMeta) -> GetAsyncJobStatusResponse {
-    match result {
-        Ok(job) => GetAsyncJobStatusResponse::TaskFound(models::JobEnvelope::new(
-            meta_model(meta, StatusCode::OK),
-            job_model(&job),
-        )),
-        Err(error) => error_response(error, meta),
+pub fn respond(
+    result: Result<Answer, RequestError>,
+    meta: &RequestMeta,
+) -> GetAsyncJobStatusResponse {
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(error) => return error_response(error, meta),
+    };
+    let cache_control = polling::cache_control(answer.job.state.status()).to_owned();
+    let retry_after = answer
+        .retry_after
+        .map(|seconds| i32::try_from(seconds).unwrap_or(i32::MAX));
+    let preference_applied = answer
+        .granted_wait
+        .map(|wait| format!("wait={}", wait.as_secs()));
+    if answer.not_modified {
+        GetAsyncJobStatusResponse::NotModified {
+            e_tag: answer.etag,
+            cache_control,
+            vary: VARY.into(),
+            retry_after,
+            preference_applied,
+        }
+    } else {
+        GetAsyncJobStatusResponse::TaskFound {
+            body: models::JobEnvelope::new(
+                meta_model(meta, StatusCode::OK),
+                job_model(&answer.job),
+            ),
+            e_tag: answer.etag,
+            cache_control,
+            vary: VARY.into(),
+            retry_after,
+            preference_applied,
+        }
     }
 }
 
@@ -49,6 +84,7 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
     };
     match error {
         RequestError::MalformedParameter {
+            location,
             parameter,
             expected,
         } => {
@@ -61,7 +97,7 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
             let mut rule = models::InvalidRule::new("format".into(), description);
             rule.params = Some(vec![expected.into()]);
             body.error.invalid = Some(vec![models::InvalidEntry::new(
-                "path_parameter".into(),
+                location.into(),
                 parameter,
                 vec![rule],
             )]);
@@ -108,6 +144,16 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
         )),
         // 404 for whose it is: another client's job reads exactly like no job, so
         // the answer never reveals that it exists.
+        RequestError::TooManyRequests { retry_after } => R::TooManyRequests {
+            body: envelope(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "This job is polled too often; retry after the Retry-After delay".into(),
+            ),
+            // Required by the spec; the generator keys headers by name across
+            // responses and takes the optional one of 200 for it.
+            retry_after: Some(whole_seconds(retry_after)),
+        },
         RequestError::JobNotFound => R::TaskNotFound(envelope(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -143,6 +189,12 @@ fn log_error(error: &RequestError, meta: &RequestMeta) {
         }
         _ => tracing::debug!(request_id, error = %ErrorChain(error), "request refused"),
     }
+}
+
+/// A delay in whole seconds, rounded up, at least 1.
+fn whole_seconds(delay: std::time::Duration) -> i32 {
+    let seconds = delay.as_millis().div_ceil(1000).max(1);
+    i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
 /// An error and its sources, `a: b: c`, for the log.
@@ -243,36 +295,82 @@ impl From<&models::JobLink> for Link {
 /// make themselves (the router serializes what the API implementation returns).
 pub fn encode(response: GetAsyncJobStatusResponse) -> Response<Body> {
     use GetAsyncJobStatusResponse as R;
-    let (status, body, header) = match response {
-        R::TaskFound(body) => (StatusCode::OK, to_json(&body), None),
-        R::InvalidRequestFormat(body) => (StatusCode::BAD_REQUEST, to_json(&body), None),
+    let mut headers = Vec::new();
+    let (status, body) = match response {
+        R::TaskFound {
+            body,
+            e_tag,
+            cache_control,
+            vary,
+            retry_after,
+            preference_applied,
+        } => {
+            headers = job_headers(e_tag, cache_control, vary, retry_after, preference_applied);
+            (StatusCode::OK, Some(to_json(&body)))
+        }
+        R::NotModified {
+            e_tag,
+            cache_control,
+            vary,
+            retry_after,
+            preference_applied,
+        } => {
+            headers = job_headers(e_tag, cache_control, vary, retry_after, preference_applied);
+            (StatusCode::NOT_MODIFIED, None)
+        }
+        R::InvalidRequestFormat(body) => (StatusCode::BAD_REQUEST, Some(to_json(&body))),
         R::Unauthorized {
             body,
             www_authenticate,
-        } => (
-            StatusCode::UNAUTHORIZED,
-            to_json(&body),
-            Some((WWW_AUTHENTICATE, www_authenticate)),
-        ),
-        R::Forbidden(body) => (StatusCode::FORBIDDEN, to_json(&body), None),
-        R::TaskNotFound(body) => (StatusCode::NOT_FOUND, to_json(&body), None),
-        R::MethodNotAllowed { body, allow } => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            to_json(&body),
-            Some((ALLOW, allow)),
-        ),
+        } => {
+            headers.push((WWW_AUTHENTICATE, www_authenticate));
+            (StatusCode::UNAUTHORIZED, Some(to_json(&body)))
+        }
+        R::Forbidden(body) => (StatusCode::FORBIDDEN, Some(to_json(&body))),
+        R::TaskNotFound(body) => (StatusCode::NOT_FOUND, Some(to_json(&body))),
+        R::MethodNotAllowed { body, allow } => {
+            headers.push((ALLOW, allow));
+            (StatusCode::METHOD_NOT_ALLOWED, Some(to_json(&body)))
+        }
+        R::TooManyRequests { body, retry_after } => {
+            headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
+            (StatusCode::TOO_MANY_REQUESTS, Some(to_json(&body)))
+        }
         R::SubordinateServiceError(body) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, to_json(&body), None)
+            (StatusCode::INTERNAL_SERVER_ERROR, Some(to_json(&body)))
         }
     };
-    let mut response = Response::new(BoxBody::new(Full::new(body)));
+    let json = body.is_some();
+    let mut response = Response::new(BoxBody::new(Full::new(body.unwrap_or_default())));
     *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some((name, value)) = header {
-        insert_header(headers, name, &value);
+    let response_headers = response.headers_mut();
+    if json {
+        response_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in headers {
+        insert_header(response_headers, name, &value);
     }
     response
+}
+
+/// The headers of an answer with a job (200 or 304).
+fn job_headers(
+    e_tag: String,
+    cache_control: String,
+    vary: String,
+    retry_after: Option<i32>,
+    preference_applied: Option<String>,
+) -> Vec<(HeaderName, String)> {
+    let mut headers = vec![
+        (ETAG, e_tag),
+        (CACHE_CONTROL, cache_control),
+        (VARY_HEADER, vary),
+    ];
+    headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
+    headers.extend(
+        preference_applied.map(|applied| (HeaderName::from_static("preference-applied"), applied)),
+    );
+    headers
 }
 
 fn insert_header(headers: &mut hyper::HeaderMap, name: HeaderName, value: &str) {

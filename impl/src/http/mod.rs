@@ -6,7 +6,9 @@
 //! 2. authentication, for paths that name an operation: a failure is answered
 //!    here with 401;
 //! 3. the generated router, which checks the scope from the spec, parses the id
-//!    and calls [`JobsApi`];
+//!    and the headers and calls [`JobsApi`]; `Prefer` and `If-None-Match` are
+//!    normalized first, so that an unreadable value is ignored (RFC 7240) instead
+//!    of refused by the router, and repeated headers count as one list;
 //! 4. the rewrite of whatever the router answered by itself (plain text or an
 //!    empty body) into the JSON envelope. Our own answers are always JSON, so the
 //!    content type tells the two apart.
@@ -16,6 +18,7 @@
 mod api;
 mod context;
 mod error;
+mod limiter;
 pub mod mapping;
 
 use std::convert::Infallible;
@@ -30,8 +33,8 @@ use compositions_api::server::{ApiRequestParser, Service as Router};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, IF_NONE_MATCH};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use swagger::RequestParser;
@@ -41,6 +44,7 @@ use tokio::sync::watch;
 pub use api::JobsApi;
 pub use context::{RequestContext, RequestMeta, X_REQUEST_ID};
 pub use error::RequestError;
+pub use limiter::RateLimiter;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::HttpConfig;
@@ -48,6 +52,9 @@ use mapping::Body;
 
 /// The contract, served at `/openapi.yaml` exactly as committed.
 pub const SPEC: &str = include_str!("../../../spec/compositions.yaml");
+
+/// RFC 7240's request header.
+const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// The path parameter the router names in its parse errors, when it names none.
 const JOB_ID_PARAMETER: &str = "asyncJobId";
@@ -121,7 +128,11 @@ impl AppInner {
         response
     }
 
-    async fn route(&self, request: Request<Incoming>, meta: &Arc<RequestMeta>) -> Response<Body> {
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+        meta: &Arc<RequestMeta>,
+    ) -> Response<Body> {
         if request.uri().path() == "/openapi.yaml" {
             return serve_spec(request.method(), meta);
         }
@@ -130,7 +141,12 @@ impl AppInner {
         // answers them with 404 or 405 before looking at the caller.
         let caller = if ApiRequestParser::parse_operation_id(&request).is_some() {
             match self.authenticator.authenticate(request.headers()) {
-                Ok(caller) => Some(caller),
+                Ok(caller) => {
+                    for name in [PREFER, IF_NONE_MATCH] {
+                        normalize_list_header(request.headers_mut(), name);
+                    }
+                    Some(caller)
+                }
                 Err(e) => return reject(RequestError::Unauthenticated(e), meta),
             }
         } else {
@@ -139,7 +155,8 @@ impl AppInner {
         let uri = request.uri().clone();
         let context = RequestContext::new(Arc::clone(meta), caller);
         match hyper::service::Service::call(&self.router, (request, context)).await {
-            Ok(response) if response.status().is_success() || is_json(&response) => response,
+            // Below 400 is always ours (200, 304); the router's own answers are errors.
+            Ok(response) if response.status().as_u16() < 400 || is_json(&response) => response,
             Ok(response) => rewrite_router_answer(response, &uri, meta).await,
             Err(e) => reject(RequestError::Router(e.to_string()), meta),
         }
@@ -170,9 +187,23 @@ async fn rewrite_router_answer(
     };
     let text = String::from_utf8_lossy(&body);
     let error = match status {
+        // "Invalid header Prefer - …": normalization should have prevented it.
+        StatusCode::BAD_REQUEST if text.starts_with("Invalid header ") => {
+            RequestError::MalformedParameter {
+                location: "header",
+                parameter: text
+                    .trim_start_matches("Invalid header ")
+                    .split(" - ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                expected: "text",
+            }
+        }
         StatusCode::BAD_REQUEST => RequestError::MalformedParameter {
             // "Couldn't parse path parameter asyncJobId: …"; the percent-decoding
             // error names no parameter, and this operation has only one.
+            location: "path_parameter",
             parameter: text
                 .strip_prefix("Couldn't parse path parameter ")
                 .and_then(|rest| rest.split_once(':'))
@@ -196,6 +227,32 @@ async fn rewrite_router_answer(
         _ => RequestError::Router(format!("{status}: {text}")),
     };
     reject(error, meta)
+}
+
+/// Keeps the readable values of a list header (`Prefer`, `If-None-Match`) as one
+/// comma-separated value, which is what the router reads; drops the header when
+/// none is readable. Headers that are absent cost nothing.
+fn normalize_list_header(headers: &mut HeaderMap, name: HeaderName) {
+    let mut values = headers.get_all(&name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(only), None) if only.to_str().is_ok() => return,
+        _ => {}
+    }
+    let readable: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let joined = HeaderValue::from_str(&readable.join(", "));
+    match joined {
+        Ok(joined) if !readable.is_empty() => {
+            headers.insert(name, joined);
+        }
+        _ => {
+            headers.remove(name);
+        }
+    }
 }
 
 /// The methods the generated router routes for this path.

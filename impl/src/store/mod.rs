@@ -7,10 +7,12 @@
 //! the database URL; it is an enum rather than a trait object so that the hot read
 //! path is a direct call without boxing.
 
+mod changes;
 mod postgres;
 mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -21,6 +23,7 @@ use crate::jobs::{
     Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
 
+pub use changes::{Changes, Subscription};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -155,6 +158,26 @@ impl Store {
             DatabaseUrl::Postgres(url) => Ok(Self::Postgres(
                 PostgresStore::open(url, ttl, postgres).await?,
             )),
+        }
+    }
+}
+
+impl Store {
+    /// The wake-ups of this store's long polls.
+    pub fn changes(&self) -> &Arc<Changes> {
+        match self {
+            Self::Sqlite(store) => store.changes(),
+            Self::Postgres(store) => store.changes(),
+        }
+    }
+
+    /// Wakes waiters when another process finishes their jobs, until `shutdown`
+    /// changes: SQLite looks at `PRAGMA data_version` every `sqlite_interval`;
+    /// PostgreSQL listens for the `NOTIFY` its trigger sends.
+    pub async fn watch_changes(self, sqlite_interval: Duration, shutdown: watch::Receiver<bool>) {
+        match self {
+            Self::Sqlite(store) => store.watch_changes(sqlite_interval, shutdown).await,
+            Self::Postgres(store) => store.watch_changes(shutdown).await,
         }
     }
 }

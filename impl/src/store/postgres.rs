@@ -13,21 +13,38 @@
 //! [`crate::jobs::decide`], so concurrent producers on different machines leave
 //! exactly one winner.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
-use tokio_postgres::NoTls;
+use tokio::sync::watch;
 use tokio_postgres::types::Json;
+use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
-use super::{Created, Finished, JobStore, Row, StoreError, outcome_columns};
+use super::{Changes, Created, Finished, JobStore, Row, StoreError, outcome_columns};
 use crate::config::PostgresConfig;
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`jobs_schema_version`).
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_jobs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_jobs.sql"),
+    include_str!("../../migrations/postgres/0002_notify_finished.sql"),
+];
+
+/// The channel the trigger of `0002_notify_finished.sql` notifies; a macro so that
+/// `LISTEN` can be a `&'static str`.
+macro_rules! notify_channel {
+    () => {
+        "jobs_finished"
+    };
+}
+
+/// The NOTIFY listener's wait before reconnecting, doubling up to the maximum.
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The advisory lock that serializes migrations across instances ("cjobs").
 const MIGRATION_LOCK: i64 = 0x0063_6a6f_6273;
@@ -47,8 +64,11 @@ macro_rules! select_jobs {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// For the listener's own connection, outside the pool.
+    config: Arc<tokio_postgres::Config>,
     ttl: Duration,
     query_timeout: Duration,
+    changes: Arc<Changes>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -90,7 +110,7 @@ impl PostgresStore {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -106,11 +126,77 @@ impl PostgresStore {
             .map_err(|e| StoreError::backend("build the connection pool", e))?;
         let store = Self {
             pool,
+            config: Arc::new(pg),
             ttl,
             query_timeout: config.query_timeout,
+            changes: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The wake-ups of this store's long polls.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
+    }
+
+    /// Wakes waiters on the `NOTIFY` that the `jobs` trigger sends whenever any
+    /// process finishes a job: one connection per instance, outside the pool,
+    /// reconnecting by itself. After a reconnection every waiter looks again, since
+    /// notifications sent meanwhile are lost.
+    pub async fn watch_changes(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = LISTEN_BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let ended = tokio::select! {
+                ended = self.listen() => ended,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(e) = ended {
+                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), retry_in = ?backoff, "the NOTIFY listener lost PostgreSQL");
+            }
+            self.changes.notify_all();
+            if started.elapsed() > LISTEN_BACKOFF_MAX {
+                backoff = LISTEN_BACKOFF_MIN;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+        }
+    }
+
+    async fn listen(&self) -> Result<(), tokio_postgres::Error> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let changes = &self.changes;
+        // The connection yields the notifications; it must be polled while LISTEN runs.
+        let deliver = async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(notification))) => {
+                        if let Ok(id) = notification.payload().parse() {
+                            changes.notify(id);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                }
+            }
+        };
+        let subscribe = async {
+            client
+                .batch_execute(concat!("LISTEN ", notify_channel!()))
+                .await?;
+            // Anything that finished before LISTEN took effect.
+            changes.notify_all();
+            std::future::pending().await
+        };
+        tokio::select! {
+            ended = deliver => ended,
+            failed = subscribe => failed,
+        }
     }
 
     /// Runs `work` on a pooled connection within the query timeout.
@@ -304,6 +390,12 @@ impl JobStore for PostgresStore {
             Ok(Finished { job, transition })
         })
         .await
+        // The trigger's NOTIFY reaches this instance too; waking now saves the trip.
+        .inspect(|finished| {
+            if finished.transition == Transition::Apply {
+                self.changes.notify(id);
+            }
+        })
     }
 
     async fn purge_batch(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {

@@ -15,7 +15,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::{Created, Finished, JobStore, Row, StoreError, outcome_columns};
+use tokio::sync::watch;
+
+use super::{Changes, Created, Finished, JobStore, Row, StoreError, outcome_columns};
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`).
@@ -47,6 +49,9 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Box<[Mutex<Connection>]>,
     next_reader: AtomicUsize,
+    /// Its `PRAGMA data_version` changes when any other connection commits.
+    watcher: Mutex<Connection>,
+    changes: Arc<Changes>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -76,6 +81,62 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// The wake-ups of this store's long polls.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.inner.changes
+    }
+
+    /// Wakes waiters whose jobs another connection (another process) finished.
+    ///
+    /// Every `every`, one `PRAGMA data_version` (it reads shared memory, not the
+    /// file) tells whether anyone else committed; only then are the waited jobs
+    /// looked up, in one query per 500, and the finished ones woken.
+    pub async fn watch_changes(self, every: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut seen = None;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.wake_finished(&mut seen) {
+                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "looking for finished jobs failed");
+            }
+        }
+    }
+
+    fn wake_finished(&self, seen: &mut Option<i64>) -> Result<(), StoreError> {
+        let failed = |e| StoreError::backend("look for finished jobs", e);
+        let version: i64 = lock(&self.inner.watcher)
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .map_err(failed)?;
+        if seen.replace(version) == Some(version) {
+            return Ok(());
+        }
+        for waited in self.inner.changes.waited().chunks(500) {
+            let ids: Vec<String> = waited.iter().map(Uuid::to_string).collect();
+            let placeholders = vec!["?"; ids.len()].join(", ");
+            let sql =
+                format!("SELECT id FROM jobs WHERE status = 'PENDING' AND id IN ({placeholders})");
+            let reader = self.inner.reader();
+            let mut statement = reader.prepare(&sql).map_err(failed)?;
+            let pending = statement
+                .query_map(rusqlite::params_from_iter(&ids), |row| {
+                    row.get::<_, String>(0)
+                })
+                .and_then(Iterator::collect::<Result<std::collections::HashSet<String>, _>>)
+                .map_err(failed)?;
+            // Finished, or gone: either way the waiter should look again.
+            for (id, text) in waited.iter().zip(&ids) {
+                if !pending.contains(text) {
+                    self.inner.changes.notify(*id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn write<T: Send + 'static>(
         &self,
         write: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -98,12 +159,15 @@ impl Inner {
             .map(|_| open_reader(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::backend("open a reader", e))?;
+        let watcher = open_reader(&path).map_err(|e| StoreError::backend("open a reader", e))?;
         Ok(Self {
             path,
             ttl,
             writer: Mutex::new(writer),
             readers: readers.into_boxed_slice(),
             next_reader: AtomicUsize::new(0),
+            watcher: Mutex::new(watcher),
+            changes: Arc::default(),
         })
     }
 
@@ -280,6 +344,11 @@ impl JobStore for SqliteStore {
             Ok(Finished { job, transition })
         })
         .await
+        .inspect(|finished| {
+            if finished.transition == Transition::Apply {
+                self.inner.changes.notify(id);
+            }
+        })
     }
 
     async fn purge_batch(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {

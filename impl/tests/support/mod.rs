@@ -106,10 +106,20 @@ pub fn get_with_headers(
     path: &str,
     token: &str,
 ) -> (u16, String, serde_json::Value) {
+    get_sending(address, path, token, "")
+}
+
+/// `GET path` with a bearer token and extra header lines (each ending in `\r\n`).
+pub fn get_sending(
+    address: SocketAddr,
+    path: &str,
+    token: &str,
+    extra: &str,
+) -> (u16, String, serde_json::Value) {
     let mut stream = TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

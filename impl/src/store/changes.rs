@@ -1,0 +1,126 @@
+//! Wake-ups for long polls: one signal per waited job, shared by all its waiters.
+//!
+//! A waiter subscribes before it reads the job, so a transition that lands between
+//! the read and the wait still wakes it. Whatever learns of a transition calls
+//! [`Changes::notify`]: the store itself after its own writes, the SQLite watcher
+//! when another process wrote, the PostgreSQL listener on `NOTIFY`. A signal lives
+//! only while someone waits for its job, so memory follows the waiters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The jobs someone waits for, and their signals.
+#[derive(Debug, Default)]
+pub struct Changes {
+    signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+}
+
+/// One waiter's interest in one job; dropping it withdraws the interest.
+pub struct Subscription {
+    changes: Arc<Changes>,
+    id: Uuid,
+    receiver: Option<watch::Receiver<()>>,
+}
+
+impl Changes {
+    fn signals(&self) -> MutexGuard<'_, HashMap<Uuid, watch::Sender<()>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.signals.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts waiting for `id`; the first later [`Changes::notify`] for it counts.
+    pub fn subscribe(self: &Arc<Self>, id: Uuid) -> Subscription {
+        let receiver = self
+            .signals()
+            .entry(id)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe();
+        Subscription {
+            changes: Arc::clone(self),
+            id,
+            receiver: Some(receiver),
+        }
+    }
+
+    /// Wakes everyone waiting for `id`.
+    pub fn notify(&self, id: Uuid) {
+        if let Some(signal) = self.signals().get(&id) {
+            signal.send_replace(());
+        }
+    }
+
+    /// Wakes every waiter, e.g. after notifications may have been missed.
+    pub fn notify_all(&self) {
+        for signal in self.signals().values() {
+            signal.send_replace(());
+        }
+    }
+
+    /// The jobs someone is waiting for.
+    pub fn waited(&self) -> Vec<Uuid> {
+        self.signals().keys().copied().collect()
+    }
+}
+
+impl Subscription {
+    /// Resolves at the next notification for the job.
+    pub async fn changed(&mut self) {
+        if let Some(receiver) = self.receiver.as_mut() {
+            // The sender lives while this receiver does, so this never fails.
+            if receiver.changed().await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut signals = self.changes.signals();
+        drop(self.receiver.take());
+        if signals
+            .get(&self.id)
+            .is_some_and(|signal| signal.receiver_count() == 0)
+        {
+            signals.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_share_a_signal_that_goes_with_the_last_of_them() {
+        let changes = Arc::new(Changes::default());
+        let id = Uuid::new_v4();
+        let mut first = changes.subscribe(id);
+        let mut second = changes.subscribe(id);
+        assert_eq!(changes.waited(), vec![id]);
+
+        changes.notify(id);
+        first.changed().await;
+        second.changed().await;
+
+        drop(first);
+        assert_eq!(changes.waited(), vec![id]);
+        drop(second);
+        assert!(changes.waited().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_notification_before_the_wait_is_not_lost() {
+        let changes = Arc::new(Changes::default());
+        let id = Uuid::new_v4();
+        let mut waiter = changes.subscribe(id);
+        changes.notify(id);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter.changed())
+            .await
+            .unwrap_or_else(|_| panic!("the notification was lost"));
+    }
+}
