@@ -9,16 +9,18 @@ OURS   := -p compositions-jobs -p compositions-tests
 # Python tools, pinned, in a project-local venv; a stamp per requirements file.
 CODEGEN_TOOLS := $(VENV)/.codegen-tools
 TEST_TOOLS    := $(VENV)/.test-tools
+# Node tools for the documentation (Redoc, playwright-core), pinned by the lock file.
+DOCS_TOOLS    := docs/node_modules/.installed
 
 .PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec \
-        release contract drift tools clean
+        build release contract drift docs check-docs docs-test publish-docs tools clean
 
 ## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
 run:
 	$(CARGO) run -p compositions-jobs -- serve --dev
 
 ## test: everything CI checks
-test: fmt-check lint unit validate-spec check-generated contract drift
+test: fmt-check lint unit validate-spec check-generated check-docs docs-test contract drift
 
 fmt:
 	$(CARGO) fmt $(OURS)
@@ -43,6 +45,9 @@ check-generated: $(CODEGEN_TOOLS)
 validate-spec: $(CODEGEN_TOOLS)
 	$(VENV)/bin/openapi-generator-cli validate --input-spec spec/compositions.yaml
 
+build:
+	$(CARGO) build -p compositions-jobs
+
 release:
 	$(CARGO) build --release -p compositions-jobs
 
@@ -54,7 +59,22 @@ contract: release $(TEST_TOOLS)
 drift: $(CODEGEN_TOOLS) $(TEST_TOOLS)
 	$(PYTHON) tests/drift/drift.py
 
-tools: $(CODEGEN_TOOLS) $(TEST_TOOLS)
+## docs: build docs/site/index.html from spec/ (commit it with the spec)
+docs: $(DOCS_TOOLS)
+	docs/build.sh docs/site/index.html
+
+check-docs: $(DOCS_TOOLS)
+	docs/check.sh
+
+## docs-test: open /docs of the real service in headless Chromium
+docs-test: build $(DOCS_TOOLS)
+	docs/test.sh
+
+## publish-docs DEST=<dir>: copy the site for a static host
+publish-docs:
+	docs/publish.sh "$(DEST)"
+
+tools: $(CODEGEN_TOOLS) $(TEST_TOOLS) $(DOCS_TOOLS)
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -68,6 +88,10 @@ $(TEST_TOOLS): tests/requirements.txt | $(PYTHON)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
+$(DOCS_TOOLS): docs/package-lock.json
+	cd docs && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var docs/node_modules

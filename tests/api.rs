@@ -263,14 +263,25 @@ async fn meta_url_uses_the_public_url_when_configured() {
 }
 
 #[tokio::test]
-async fn the_service_serves_the_committed_spec() {
+async fn the_service_serves_the_committed_spec_and_docs() {
     let ctx = TestContext::new().await;
 
-    let response = ctx.get_raw("/openapi.yaml", &[]).await;
+    let spec = ctx.get_raw("/openapi.yaml", &[]).await;
+    assert_eq!(spec.status, 200);
+    assert_eq!(spec.header("content-type"), Some("application/yaml"));
+    assert_eq!(spec.body, include_bytes!("../spec/compositions.yaml"));
 
-    assert_eq!(response.status, 200);
-    assert_eq!(response.header("content-type"), Some("application/yaml"));
-    assert_eq!(response.body, include_bytes!("../spec/compositions.yaml"));
+    let docs = ctx.get_raw("/docs", &[]).await;
+    assert_eq!(docs.status, 200);
+    assert_eq!(
+        docs.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        docs.header("content-security-policy")
+            .is_some_and(|policy| policy.starts_with("default-src 'none'"))
+    );
+    assert_eq!(docs.body, include_bytes!("../docs/site/index.html"));
 }
 
 #[test]

@@ -33,7 +33,9 @@ use compositions_api::server::{ApiRequestParser, Service as Router};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, IF_NONE_MATCH};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderName, HeaderValue, IF_NONE_MATCH,
+};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -52,6 +54,15 @@ use mapping::Body;
 
 /// The contract, served at `/openapi.yaml` exactly as committed.
 pub const SPEC: &str = include_str!("../../../spec/compositions.yaml");
+
+/// The API documentation (`make docs`), served at `/docs`.
+pub const DOCS: &str = include_str!("../../../docs/site/index.html");
+
+/// The documentation page needs its own inline scripts and styles and nothing
+/// from anywhere else: the browser enforces that it works offline.
+const DOCS_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline' blob:; \
+    style-src 'unsafe-inline'; img-src data: blob:; font-src data:; worker-src blob:; \
+    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// RFC 7240's request header.
 const PREFER: HeaderName = HeaderName::from_static("prefer");
@@ -133,8 +144,15 @@ impl AppInner {
         mut request: Request<Incoming>,
         meta: &Arc<RequestMeta>,
     ) -> Response<Body> {
-        if request.uri().path() == "/openapi.yaml" {
-            return serve_spec(request.method(), meta);
+        match request.uri().path() {
+            "/openapi.yaml" => {
+                return serve_static(request.method(), meta, SPEC, "application/yaml", None);
+            }
+            "/docs" => {
+                let html = "text/html; charset=utf-8";
+                return serve_static(request.method(), meta, DOCS, html, Some(DOCS_POLICY));
+            }
+            _ => {}
         }
         // Authentication comes first, so that an anonymous caller learns nothing
         // about ids or scopes. Paths that name no operation skip it: the router
@@ -268,7 +286,14 @@ fn allowed_methods(uri: &Uri) -> String {
         .join(", ")
 }
 
-fn serve_spec(method: &Method, meta: &RequestMeta) -> Response<Body> {
+/// A public document embedded at build time (the spec, the documentation).
+fn serve_static(
+    method: &Method,
+    meta: &RequestMeta,
+    body: &'static str,
+    content_type: &'static str,
+    policy: Option<&'static str>,
+) -> Response<Body> {
     if method != Method::GET && method != Method::HEAD {
         return reject(
             RequestError::MethodNotAllowed {
@@ -277,10 +302,14 @@ fn serve_spec(method: &Method, meta: &RequestMeta) -> Response<Body> {
             meta,
         );
     }
-    let mut response = Response::new(BoxBody::new(Full::new(Bytes::from_static(SPEC.as_bytes()))));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    let mut response = Response::new(BoxBody::new(Full::new(Bytes::from_static(body.as_bytes()))));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Public, but revalidated, so a new deployment is seen at once.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(policy) = policy {
+        headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy));
+    }
     response
 }
 
