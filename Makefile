@@ -4,7 +4,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 CARGO  ?= cargo
 # The hand-written crates; lints never apply to generated/.
-OURS   := -p compositions-jobs -p compositions-tests
+OURS   := -p compositions-jobs -p compositions-tests -p compositions-bench
 
 # Python tools, pinned, in a project-local venv; a stamp per requirements file.
 CODEGEN_TOOLS := $(VENV)/.codegen-tools

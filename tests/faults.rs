@@ -16,9 +16,11 @@ use serde_json::json;
 /// the store is bounded (acquire, connect, query), plus slack for this machine.
 const BOUND: Duration = Duration::from_secs(5);
 
-/// A pool with short, bounded waits.
+/// A pool with short, bounded waits, and no read cache in front of it: these
+/// tests are about what reaches PostgreSQL.
 fn small_pool(config: &mut Config, url: String) {
     config.database = DatabaseUrl::Postgres(url);
+    config.jobs.read_cache_entries = 0;
     config.postgres.pool_size = 2;
     config.postgres.acquire_timeout = Duration::from_secs(1);
     config.postgres.connect_timeout = Duration::from_secs(1);

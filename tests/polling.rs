@@ -377,3 +377,36 @@ async fn shutdown_answers_waiting_polls_at_once_with_the_current_state() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_is_seen_at_once_here_and_within_the_bound_from_elsewhere() {
+    for backend in backends(|_| {}).await {
+        let ctx = &backend.ctx;
+        // Made by the server's own store: the very next poll sees it.
+        let id = ctx.create_job("mis-1").await.id;
+        assert_eq!(get(ctx, id, &[]).await.json()["data"]["status"], "PENDING");
+        complete(ctx.server_store(), id, Uuid::new_v4()).await;
+        assert_eq!(
+            get(ctx, id, &[]).await.json()["data"]["status"],
+            "DONE",
+            "{}",
+            backend.name
+        );
+
+        // Made through another connection: seen within the change detection delay,
+        // never later than jobs.read_cache_max_age.
+        let id = ctx.create_job("mis-1").await.id;
+        assert_eq!(get(ctx, id, &[]).await.json()["data"]["status"], "PENDING");
+        let finished = Instant::now();
+        complete(&ctx.store, id, Uuid::new_v4()).await;
+        while get(ctx, id, &[]).await.json()["data"]["status"] != "DONE" {
+            assert!(
+                finished.elapsed() < ctx.config.jobs.read_cache_max_age,
+                "{}",
+                backend.name
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!("{}: seen after {:?}", backend.name, finished.elapsed());
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use compositions_jobs::config::{DatabaseUrl, PostgresConfig};
+use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{
     Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
@@ -15,6 +15,13 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+fn jobs_config() -> JobsConfig {
+    JobsConfig {
+        ttl: TTL,
+        ..JobsConfig::default()
+    }
+}
 
 /// A store under test, and what keeps its database alive until the test ends.
 struct Backend {
@@ -32,7 +39,7 @@ enum Database {
 impl Backend {
     /// Opens another store on the same database, as another process would.
     async fn reopen(&self) -> Result<Store, StoreError> {
-        Store::open(&self.url, TTL, &PostgresConfig::default()).await
+        Store::open(&self.url, &jobs_config(), &PostgresConfig::default()).await
     }
 }
 
@@ -42,7 +49,7 @@ async fn backends() -> Vec<Backend> {
     let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
     let mut backends = vec![Backend {
         name: "sqlite",
-        store: Store::open(&url, TTL, &PostgresConfig::default())
+        store: Store::open(&url, &jobs_config(), &PostgresConfig::default())
             .await
             .unwrap(),
         url,
@@ -52,7 +59,7 @@ async fn backends() -> Vec<Backend> {
         let url = DatabaseUrl::Postgres(schema.url.clone());
         backends.push(Backend {
             name: "postgres",
-            store: Store::open(&url, TTL, &PostgresConfig::default())
+            store: Store::open(&url, &jobs_config(), &PostgresConfig::default())
                 .await
                 .unwrap(),
             url,

@@ -64,6 +64,8 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// How many verified tokens are remembered until they expire (0: none).
+    pub token_cache_size: usize,
 }
 
 /// Where identity comes from.
@@ -91,6 +93,11 @@ pub struct JobsConfig {
     pub purge_interval: Duration,
     /// How many expired jobs one purge statement deletes.
     pub purge_batch: u32,
+    /// How many jobs the polling path keeps as last read (0: none).
+    pub read_cache_entries: usize,
+    /// The longest a poll may be answered from the read cache, whatever happens.
+    #[serde(with = "humantime_serde")]
+    pub read_cache_max_age: Duration,
 }
 
 /// Polling: `Retry-After`, long-polling with `Prefer: wait`, and the limit on how
@@ -174,6 +181,7 @@ impl Default for AuthConfig {
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
+            token_cache_size: 10_000,
         }
     }
 }
@@ -185,6 +193,8 @@ impl Default for JobsConfig {
             default_eta: Duration::from_secs(30),
             purge_interval: Duration::from_secs(10 * 60),
             purge_batch: 500,
+            read_cache_entries: 100_000,
+            read_cache_max_age: Duration::from_secs(1),
         }
     }
 }

@@ -115,7 +115,7 @@ pub async fn start_server(
     listener: TcpListener,
 ) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
-    let store = Store::open(&config.database, config.jobs.ttl, &config.postgres)
+    let store = Store::open(&config.database, &config.jobs, &config.postgres)
         .await
         .map_err(|source| StartError::Store {
             database: config.database.to_string(),

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Server, cli, get, get_sending, get_with_headers, run, stdout};
+use support::{Server, cli, get, get_sending, get_until, get_with_headers, run, stdout};
 use uuid::Uuid;
 
 #[test]
@@ -34,7 +34,10 @@ fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
         dir.path(),
         &["jobs", "complete", &id, "--href", &href],
     ));
-    let (status, body) = get(address, &path, &token);
+    // Another process wrote it: the server sees it at its next look (50 ms).
+    let (status, body) = get_until(address, &path, &token, |_, body| {
+        body["data"]["status"] == "DONE"
+    });
     assert_eq!(
         (status, body["data"]["status"].as_str()),
         (200, Some("DONE"))

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use postgres::TestSchema;
-use support::{Server, cli, get, get_sending, stdout};
+use support::{Server, cli, get, get_sending, get_until, stdout};
 use uuid::Uuid;
 
 /// The binary with its dev key under `dir` and its jobs in `schema`.
@@ -66,8 +66,11 @@ async fn two_instances_read_what_any_process_writes() {
         ))
         .await
         .unwrap();
+    // Every instance hears of it (NOTIFY) and answers with it.
     for server in [&first, &second] {
-        let (status, body) = get(server.address, &path(&id), &token);
+        let (status, body) = get_until(server.address, &path(&id), &token, |_, body| {
+            body["data"]["status"] == "DONE"
+        });
         assert_eq!(
             (status, body["data"]["status"].as_str()),
             (200, Some("DONE"))
@@ -89,7 +92,10 @@ async fn two_instances_read_what_any_process_writes() {
     );
     assert_eq!(purged, "1");
     for server in [&first, &second] {
-        assert_eq!(get(server.address, &path(&id), &token).0, 404);
+        let (status, _) = get_until(server.address, &path(&id), &token, |status, _| {
+            status == 404
+        });
+        assert_eq!(status, 404);
     }
     first.stop();
     second.stop();

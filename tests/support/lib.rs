@@ -76,7 +76,7 @@ impl TestContext {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start_server(config.clone(), listener).await.unwrap();
-        let store = Store::open(&config.database, config.jobs.ttl, &config.postgres)
+        let store = Store::open(&config.database, &config.jobs, &config.postgres)
             .await
             .unwrap();
         Self {

@@ -14,6 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::cache::TokenCache;
 use super::{AuthError, Caller, parse_scopes, valid_client_id};
 use crate::config::AuthConfig;
 
@@ -63,6 +64,8 @@ pub enum KeySetError {
 /// Verifies tokens against a fixed set of keys.
 pub struct JwtVerifier {
     keys: HashMap<String, VerificationKey>,
+    cache: TokenCache,
+    leeway: u64,
 }
 
 struct VerificationKey {
@@ -82,6 +85,8 @@ impl std::fmt::Debug for JwtVerifier {
 /// [`Validation`]. Duplicate claims make deserialization fail.
 #[derive(Deserialize)]
 struct Claims {
+    /// A NumericDate: seconds, possibly with a fraction.
+    exp: f64,
     client_id: String,
     #[serde(default)]
     scope: String,
@@ -134,11 +139,26 @@ impl JwtVerifier {
                 path: path.to_path_buf(),
             });
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            cache: TokenCache::new(config.token_cache_size),
+            leeway: config.leeway.as_secs(),
+        })
     }
 
     /// Verifies `token` and returns its caller.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(caller) = self.cache.get(token, now) {
+            return Ok(caller);
+        }
+        let (caller, exp) = self.verify_signature_and_claims(token)?;
+        self.cache
+            .insert(token, caller.clone(), exp.saturating_add(self.leeway), now);
+        Ok(caller)
+    }
+
+    fn verify_signature_and_claims(&self, token: &str) -> Result<(Caller, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| rejected("malformed token", e))?;
         let kid = header
@@ -157,11 +177,13 @@ impl JwtVerifier {
         if !valid_client_id(&claims.client_id) {
             return Err(AuthError::invalid("bad client_id claim"));
         }
-        Ok(Caller {
+        let caller = Caller {
             client_id: claims.client_id,
             subject: claims.sub,
             scopes: parse_scopes(&claims.scope),
-        })
+        };
+        // `exp` passed validation, so it is a finite time in the future.
+        Ok((caller, claims.exp as u64))
     }
 }
 

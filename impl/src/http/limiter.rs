@@ -3,11 +3,13 @@
 //! Each pair may poll `burst` times at once, then `per_second` times a second.
 //! The buckets live in one map of at most `entries` pairs: when it is full, the
 //! buckets that have refilled (idle pairs) go first, then the least recently used.
-//! Pairs are keyed by a hash with a per-process random key, so the map holds no
-//! client ids and its layout cannot be predicted from outside.
+//! Pairs are keyed by a fast hash with a per-process random seed (foldhash), so
+//! the map holds no client ids and its layout cannot be predicted from outside.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,7 @@ impl RateLimiter {
             per_second: config.limit_per_second,
             burst: f64::from(config.limit_burst),
             entries: config.limit_entries,
-            keys: RandomState::new(),
+            keys: RandomState::default(),
             buckets: Mutex::new(HashMap::new()),
         }
     }

@@ -155,27 +155,24 @@ impl AppInner {
             _ => {}
         }
         // Authentication comes first, so that an anonymous caller learns nothing
-        // about ids or scopes. Paths that name no operation skip it: the router
-        // answers them with 404 or 405 before looking at the caller.
-        let caller = if ApiRequestParser::parse_operation_id(&request).is_some() {
-            match self.authenticator.authenticate(request.headers()) {
-                Ok(caller) => {
-                    for name in [PREFER, IF_NONE_MATCH] {
-                        normalize_list_header(request.headers_mut(), name);
-                    }
-                    Some(caller)
-                }
-                Err(e) => return reject(RequestError::Unauthenticated(e), meta),
-            }
-        } else {
-            None
+        // about ids or scopes. A failure is kept rather than answered at once: the
+        // router answers paths that name no operation with 404 or 405 whoever
+        // calls, and on an operation refuses a context without a caller
+        // ("Unauthenticated"), which is when the kept failure becomes the 401.
+        // That spares matching the path a second time on every request.
+        let (caller, refusal) = match self.authenticator.authenticate(request.headers()) {
+            Ok(caller) => (Some(caller), None),
+            Err(e) => (None, Some(e)),
         };
+        for name in [PREFER, IF_NONE_MATCH] {
+            normalize_list_header(request.headers_mut(), name);
+        }
         let uri = request.uri().clone();
         let context = RequestContext::new(Arc::clone(meta), caller);
         match hyper::service::Service::call(&self.router, (request, context)).await {
             // Below 400 is always ours (200, 304); the router's own answers are errors.
             Ok(response) if response.status().as_u16() < 400 || is_json(&response) => response,
-            Ok(response) => rewrite_router_answer(response, &uri, meta).await,
+            Ok(response) => rewrite_router_answer(response, &uri, meta, refusal).await,
             Err(e) => reject(RequestError::Router(e.to_string()), meta),
         }
     }
@@ -197,6 +194,7 @@ async fn rewrite_router_answer(
     response: Response<Body>,
     uri: &Uri,
     meta: &RequestMeta,
+    refusal: Option<AuthError>,
 ) -> Response<Body> {
     let status = response.status();
     let body = match response.into_body().collect().await {
@@ -234,8 +232,8 @@ async fn rewrite_router_answer(
                 Some(scopes) => RequestError::MissingScopes {
                     missing: scopes.split_whitespace().map(str::to_owned).collect(),
                 },
-                // "Unauthenticated": the router saw no caller.
-                None => RequestError::Unauthenticated(AuthError::MissingToken),
+                // "Unauthenticated": the router saw no caller; say why.
+                None => RequestError::Unauthenticated(refusal.unwrap_or(AuthError::MissingToken)),
             }
         }
         StatusCode::NOT_FOUND => RequestError::RouteNotFound,

@@ -12,10 +12,25 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-/// The jobs someone waits for, and their signals.
-#[derive(Debug, Default)]
+use super::cache::JobCache;
+
+/// The jobs someone waits for and their signals, and the read cache that the same
+/// changes invalidate.
+#[derive(Debug)]
 pub struct Changes {
     signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
+    cache: JobCache,
+}
+
+impl Default for Changes {
+    /// No cache: for stores without a change feed, and for tests.
+    fn default() -> Self {
+        Self::new(JobCache::new(
+            0,
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        ))
+    }
 }
 
 /// One waiter's interest in one job; dropping it withdraws the interest.
@@ -26,6 +41,26 @@ pub struct Subscription {
 }
 
 impl Changes {
+    /// Changes with this read cache.
+    pub fn new(cache: JobCache) -> Self {
+        Self {
+            signals: Mutex::default(),
+            cache,
+        }
+    }
+
+    /// The read cache these changes keep truthful.
+    pub fn cache(&self) -> &JobCache {
+        &self.cache
+    }
+
+    /// `id` has just finished: forget it, then wake its waiters (in that order,
+    /// so that they read the new state).
+    pub fn finished(&self, id: Uuid) {
+        self.cache.forget(id);
+        self.notify(id);
+    }
+
     fn signals(&self) -> MutexGuard<'_, HashMap<Uuid, watch::Sender<()>>> {
         // The map stays consistent whatever panicked while holding it.
         self.signals.lock().unwrap_or_else(PoisonError::into_inner)

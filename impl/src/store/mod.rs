@@ -7,6 +7,7 @@
 //! the database URL; it is an enum rather than a trait object so that the hot read
 //! path is a direct call without boxing.
 
+mod cache;
 mod changes;
 mod postgres;
 mod sqlite;
@@ -18,11 +19,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{DatabaseUrl, PostgresConfig};
+use crate::config::{DatabaseUrl, JobsConfig, PostgresConfig};
 use crate::jobs::{
     Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
 
+pub use cache::JobCache;
 pub use changes::{Changes, Subscription};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -146,17 +148,17 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the database at `url`, applying migrations. Finished jobs expire
-    /// after `ttl`; `postgres` sizes the pool when `url` is PostgreSQL.
+    /// Opens the database at `url`, applying migrations. `jobs` gives the TTL and
+    /// the read cache; `postgres` sizes the pool when `url` is PostgreSQL.
     pub async fn open(
         url: &DatabaseUrl,
-        ttl: Duration,
+        jobs: &JobsConfig,
         postgres: &PostgresConfig,
     ) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path, ttl).await?)),
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path, jobs).await?)),
             DatabaseUrl::Postgres(url) => Ok(Self::Postgres(
-                PostgresStore::open(url, ttl, postgres).await?,
+                PostgresStore::open(url, jobs, postgres).await?,
             )),
         }
     }
@@ -199,7 +201,16 @@ impl JobStore for Store {
         client_id: &str,
         now: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
-        dispatch!(self, store => store.find_for_client(id, client_id, now))
+        let cache = self.changes().cache();
+        if let Some(answer) = cache.get(id, client_id, now) {
+            return Ok(answer);
+        }
+        let generation = cache.generation();
+        let found = dispatch!(self, store => store.find_for_client(id, client_id, now))?;
+        if let Some(job) = &found {
+            cache.insert(job, generation);
+        }
+        Ok(found)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -260,6 +271,23 @@ pub async fn purge_periodically(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Where each column is in the rows every backend selects: their `select_jobs!`
+/// list the columns in this order, and rows are read by position, not by name.
+pub(crate) mod column {
+    pub const ID: usize = 0;
+    pub const CLIENT_ID: usize = 1;
+    pub const KIND: usize = 2;
+    pub const STATUS: usize = 3;
+    pub const ETA: usize = 4;
+    pub const LINKS: usize = 5;
+    pub const ERROR_CODE: usize = 6;
+    pub const ERROR_TYPE: usize = 7;
+    pub const ERROR_MESSAGE: usize = 8;
+    pub const DEDUP_HASH: usize = 9;
+    pub const CREATED_AT: usize = 10;
+    pub const FINISHED_AT: usize = 11;
 }
 
 /// A row as every backend reads it, before its invariants are checked.

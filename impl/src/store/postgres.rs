@@ -24,8 +24,10 @@ use tokio_postgres::types::Json;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
-use super::{Changes, Created, Finished, JobStore, Row, StoreError, outcome_columns};
-use crate::config::PostgresConfig;
+use super::{
+    Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column, outcome_columns,
+};
+use crate::config::{JobsConfig, PostgresConfig};
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`jobs_schema_version`).
@@ -89,9 +91,10 @@ impl PostgresStore {
     /// Connects to `url` with the pool `config` and applies migrations.
     pub async fn open(
         url: &str,
-        ttl: Duration,
+        jobs: &JobsConfig,
         config: &PostgresConfig,
     ) -> Result<Self, StoreError> {
+        let ttl = jobs.ttl;
         let mut pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::backend("parse the URL", e))?;
@@ -129,7 +132,11 @@ impl PostgresStore {
             config: Arc::new(pg),
             ttl,
             query_timeout: config.query_timeout,
-            changes: Arc::default(),
+            changes: Arc::new(Changes::new(JobCache::new(
+                jobs.read_cache_entries,
+                jobs.read_cache_max_age,
+                ttl,
+            ))),
         };
         store.migrate().await?;
         Ok(store)
@@ -150,11 +157,16 @@ impl PostgresStore {
             let started = Instant::now();
             let ended = tokio::select! {
                 ended = self.listen() => ended,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.changes.cache().set_live(false);
+                    return;
+                }
             };
             if let Err(e) = ended {
                 tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), retry_in = ?backoff, "the NOTIFY listener lost PostgreSQL");
             }
+            // Notifications were lost meanwhile: no cache, and every waiter looks again.
+            self.changes.cache().set_live(false);
             self.changes.notify_all();
             if started.elapsed() > LISTEN_BACKOFF_MAX {
                 backoff = LISTEN_BACKOFF_MIN;
@@ -176,7 +188,7 @@ impl PostgresStore {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
                         if let Ok(id) = notification.payload().parse() {
-                            changes.notify(id);
+                            changes.finished(id);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -189,7 +201,10 @@ impl PostgresStore {
             client
                 .batch_execute(concat!("LISTEN ", notify_channel!()))
                 .await?;
-            // Anything that finished before LISTEN took effect.
+            // Anything that finished before LISTEN took effect: from now on every
+            // transition is heard, so the cache may serve.
+            changes.cache().forget_pending();
+            changes.cache().set_live(true);
             changes.notify_all();
             std::future::pending().await
         };
@@ -393,7 +408,7 @@ impl JobStore for PostgresStore {
         // The trigger's NOTIFY reaches this instance too; waking now saves the trip.
         .inspect(|finished| {
             if finished.transition == Transition::Apply {
-                self.changes.notify(id);
+                self.changes.finished(id);
             }
         })
     }
@@ -463,28 +478,28 @@ async fn query_job(
 
 fn row(found: &tokio_postgres::Row) -> Result<Job, StoreError> {
     let failed = |e| StoreError::backend("decode a job", e);
-    let time = |column: &str| -> Result<Timestamp, StoreError> {
+    let time = |index: usize| -> Result<Timestamp, StoreError> {
         Ok(Timestamp::from_system_time(
-            found.try_get(column).map_err(failed)?,
+            found.try_get(index).map_err(failed)?,
         ))
     };
     Row {
-        id: found.try_get("id").map_err(failed)?,
-        client_id: found.try_get("client_id").map_err(failed)?,
-        kind: found.try_get("kind").map_err(failed)?,
-        status: found.try_get("status").map_err(failed)?,
-        eta: time("eta")?,
+        id: found.try_get(column::ID).map_err(failed)?,
+        client_id: found.try_get(column::CLIENT_ID).map_err(failed)?,
+        kind: found.try_get(column::KIND).map_err(failed)?,
+        status: found.try_get(column::STATUS).map_err(failed)?,
+        eta: time(column::ETA)?,
         links: found
-            .try_get::<_, Option<Json<Vec<Link>>>>("links")
+            .try_get::<_, Option<Json<Vec<Link>>>>(column::LINKS)
             .map_err(failed)?
             .map(|Json(links)| links),
-        error_code: found.try_get("error_code").map_err(failed)?,
-        error_type: found.try_get("error_type").map_err(failed)?,
-        error_message: found.try_get("error_message").map_err(failed)?,
-        dedup_hash: found.try_get("dedup_hash").map_err(failed)?,
-        created_at: time("created_at")?,
+        error_code: found.try_get(column::ERROR_CODE).map_err(failed)?,
+        error_type: found.try_get(column::ERROR_TYPE).map_err(failed)?,
+        error_message: found.try_get(column::ERROR_MESSAGE).map_err(failed)?,
+        dedup_hash: found.try_get(column::DEDUP_HASH).map_err(failed)?,
+        created_at: time(column::CREATED_AT)?,
         finished_at: found
-            .try_get::<_, Option<std::time::SystemTime>>("finished_at")
+            .try_get::<_, Option<std::time::SystemTime>>(column::FINISHED_AT)
             .map_err(failed)?
             .map(Timestamp::from_system_time),
     }

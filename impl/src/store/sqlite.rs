@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use tokio::sync::watch;
 
-use super::{Changes, Created, Finished, JobStore, Row, StoreError, outcome_columns};
+use super::{
+    Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column, outcome_columns,
+};
+use crate::config::JobsConfig;
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`).
@@ -66,9 +69,11 @@ impl std::fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the file at `path` and applies migrations.
     /// The folder must exist.
-    pub async fn open(path: &Path, ttl: Duration) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, jobs: &JobsConfig) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(path, ttl))
+        let cache = JobCache::new(jobs.read_cache_entries, jobs.read_cache_max_age, jobs.ttl);
+        let ttl = jobs.ttl;
+        let inner = tokio::task::spawn_blocking(move || Inner::open(path, ttl, cache))
             .await
             .map_err(|e| StoreError::backend("open the database", e))??;
         Ok(Self {
@@ -86,11 +91,13 @@ impl SqliteStore {
         &self.inner.changes
     }
 
-    /// Wakes waiters whose jobs another connection (another process) finished.
+    /// Wakes waiters whose jobs another connection (another process) finished,
+    /// and keeps the read cache truthful.
     ///
     /// Every `every`, one `PRAGMA data_version` (it reads shared memory, not the
-    /// file) tells whether anyone else committed; only then are the waited jobs
-    /// looked up, in one query per 500, and the finished ones woken.
+    /// file) tells whether anyone else committed; only then are the cached
+    /// PENDING jobs forgotten and the waited ones looked up, in one query per
+    /// 500, and the finished ones woken. The cache serves only while this runs.
     pub async fn watch_changes(self, every: Duration, mut shutdown: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -98,9 +105,14 @@ impl SqliteStore {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.inner.changes.cache().set_live(false);
+                    return;
+                }
             }
-            if let Err(e) = self.wake_finished(&mut seen) {
+            let looked = self.wake_finished(&mut seen);
+            self.inner.changes.cache().set_live(looked.is_ok());
+            if let Err(e) = looked {
                 tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "looking for finished jobs failed");
             }
         }
@@ -114,6 +126,7 @@ impl SqliteStore {
         if seen.replace(version) == Some(version) {
             return Ok(());
         }
+        self.inner.changes.cache().forget_pending();
         for waited in self.inner.changes.waited().chunks(500) {
             let ids: Vec<String> = waited.iter().map(Uuid::to_string).collect();
             let placeholders = vec!["?"; ids.len()].join(", ");
@@ -149,7 +162,7 @@ impl SqliteStore {
 }
 
 impl Inner {
-    fn open(path: PathBuf, ttl: Duration) -> Result<Self, StoreError> {
+    fn open(path: PathBuf, ttl: Duration, cache: JobCache) -> Result<Self, StoreError> {
         let mut writer = Connection::open(&path).map_err(|e| StoreError::backend("open", e))?;
         configure_writer(&writer)?;
         migrate(&mut writer)?;
@@ -167,7 +180,7 @@ impl Inner {
             readers: readers.into_boxed_slice(),
             next_reader: AtomicUsize::new(0),
             watcher: Mutex::new(watcher),
-            changes: Arc::default(),
+            changes: Arc::new(Changes::new(cache)),
         })
     }
 
@@ -346,7 +359,7 @@ impl JobStore for SqliteStore {
         .await
         .inspect(|finished| {
             if finished.transition == Transition::Apply {
-                self.inner.changes.notify(id);
+                self.inner.changes.finished(id);
             }
         })
     }
@@ -415,22 +428,22 @@ fn to_json(links: &[Link]) -> Result<String, StoreError> {
 /// Reads a row into the shared [`Row`]; text that is not what the schema says is
 /// reported as corrupt.
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job, StoreError>> {
-    let id: String = row.get("id")?;
-    let links: Option<String> = row.get("links")?;
+    let id: String = row.get(column::ID)?;
+    let links: Option<String> = row.get(column::LINKS)?;
     let raw = Row {
         id: Uuid::nil(),
-        client_id: row.get("client_id")?,
-        kind: row.get("kind")?,
-        status: row.get("status")?,
-        eta: Timestamp::from_millis(row.get("eta")?),
+        client_id: row.get(column::CLIENT_ID)?,
+        kind: row.get(column::KIND)?,
+        status: row.get(column::STATUS)?,
+        eta: Timestamp::from_millis(row.get(column::ETA)?),
         links: None,
-        error_code: row.get("error_code")?,
-        error_type: row.get("error_type")?,
-        error_message: row.get("error_message")?,
-        dedup_hash: row.get("dedup_hash")?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
+        error_code: row.get(column::ERROR_CODE)?,
+        error_type: row.get(column::ERROR_TYPE)?,
+        error_message: row.get(column::ERROR_MESSAGE)?,
+        dedup_hash: row.get(column::DEDUP_HASH)?,
+        created_at: Timestamp::from_millis(row.get(column::CREATED_AT)?),
         finished_at: row
-            .get::<_, Option<i64>>("finished_at")?
+            .get::<_, Option<i64>>(column::FINISHED_AT)?
             .map(Timestamp::from_millis),
     };
     let corrupt = |reason: String| StoreError::Corrupt {

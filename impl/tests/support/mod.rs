@@ -128,3 +128,22 @@ pub fn get_sending(
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, head.to_owned(), serde_json::from_str(body).unwrap())
 }
+
+/// `GET path` until `wanted` holds for the answer, for up to three seconds: what
+/// another process wrote reaches an instance's read cache within its change
+/// detection delay, and never later than `jobs.read_cache_max_age` (1 s).
+pub fn get_until(
+    address: SocketAddr,
+    path: &str,
+    token: &str,
+    wanted: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = get(address, path, token);
+        if wanted(status, &body) || started.elapsed() > std::time::Duration::from_secs(3) {
+            return (status, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

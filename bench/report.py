@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's measurements into the markdown table of make bench.
+
+Usage: report.py RESULTS.jsonl COMMIT SECONDS ROUNDS
+
+For A-D each round is one wrk run; a figure is the median over the rounds, and
+each ratio compares the service with the baseline measured alternately with it.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+
+NAMES = {
+    "A": "A. SQLite, one PENDING job, one token",
+    "B": "B. As A, 1,000 rotating tokens",
+    "C": "C. PostgreSQL, as A",
+    "D": "D. 10,000 jobs, all statuses, 5% 404, 1% 401",
+}
+TARGETS = {
+    "A": "CPU ≤ 2.0×, req/s ≥ 0.50×, p99 ≤ 2× baseline p99, no errors",
+    "B": "CPU ≤ 4×",
+    "C": "CPU ≤ 2.5×, req/s ≥ 0.35×",
+    "D": "CPU ≤ 2.5×, every answer correct",
+    "E": "≤ 150 MiB",
+    "F": "RSS ≤ 256 MiB; wake p50/p99 ≤ 10 ms in-process, ≤ 50 ms NOTIFY, ≤ 250 ms SQLite",
+}
+
+
+def figures(rounds):
+    """Medians over rounds: req/s, CPU µs per request, p50 and p99 (µs)."""
+    def per_round(r):
+        w = r["wrk"]
+        seconds = w["duration_us"] / 1e6
+        cpu_us = r["cpu_ticks"] / r["clk_tck"] * 1e6
+        return {
+            "rps": w["requests"] / seconds,
+            "cpu": cpu_us / max(w["requests"], 1),
+            "pg_cpu": r["postgres_ticks"] / r["clk_tck"] * 1e6 / max(w["requests"], 1),
+            "p50": w["p50_us"],
+            "p99": w["p99_us"],
+        }
+    each = [per_round(r) for r in rounds]
+    return {key: statistics.median(e[key] for e in each) for key in each[0]}
+
+
+def statuses(rounds):
+    total = {}
+    errors = mismatches = 0
+    for r in rounds:
+        for status, count in r["wrk"]["statuses"].items():
+            total[status] = total.get(status, 0) + count
+        errors += r["wrk"]["socket_errors"]
+        mismatches += r["wrk"]["mismatches"]
+    text = ", ".join(f"{count} × {status}" for status, count in sorted(total.items()))
+    if errors:
+        text += f", {errors} socket errors"
+    return text, mismatches
+
+
+def ms(us):
+    return f"{us / 1000:.2f} ms"
+
+
+def main():
+    path, commit, seconds, rounds = sys.argv[1:5]
+    lines = [json.loads(line) for line in open(path) if line.strip()]
+    cpus = os.cpu_count()
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"Measured {now} on {platform.node() or 'this machine'}: {cpus} cores ({model}), "
+          f"Linux {platform.release()}, commit `{commit}`. wrk: 1 thread, 64 connections, "
+          f"{rounds} alternating rounds of {seconds} s after a warm-up; medians.\n")
+    print("| scenario | req/s (× baseline) | CPU µs/request (× baseline) | p50 | p99 (× baseline) | answers | peak RSS | target |")
+    print("|---|---|---|---|---|---|---|---|")
+    for scenario in "ABCD":
+        service = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "service"]
+        baseline = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "baseline"]
+        if not service:
+            continue
+        s, b = figures(service), figures(baseline)
+        answers, mismatches = statuses(service)
+        if scenario == "D":
+            answers += f"; {mismatches} not as expected"
+        cpu = f"{s['cpu']:.1f} ({s['cpu'] / b['cpu']:.2f}×)"
+        if scenario == "C":
+            cpu += f"; PostgreSQL: {s['pg_cpu']:.1f}"
+        rss = max(l["peak_rss_kib"] for l in service) / 1024
+        print(f"| {NAMES[scenario]} | {s['rps']:,.0f} ({s['rps'] / b['rps']:.2f}×) | {cpu} | {ms(s['p50'])} "
+              f"| {ms(s['p99'])} ({s['p99'] / b['p99']:.2f}×) | {answers} | {rss:.0f} MiB | {TARGETS[scenario]} |")
+        print(f"| baseline (bare hyper) | {b['rps']:,.0f} | {b['cpu']:.1f} | {ms(b['p50'])} | {ms(b['p99'])} "
+              f"| {statuses(baseline)[0]} | {max(l['peak_rss_kib'] for l in baseline) / 1024:.0f} MiB | |")
+    for line in lines:
+        if line.get("scenario") == "E":
+            print(f"| E. {line['connections']:,} idle keep-alive connections | | | | | | "
+                  f"{line['rss_kib'] / 1024:.0f} MiB (idle: {line['rss_before_kib'] / 1024:.0f} MiB; "
+                  f"baseline {line['baseline_rss_kib'] / 1024:.0f} MiB) | {TARGETS['E']} |")
+    for line in lines:
+        if line.get("scenario") == "F":
+            fields = dict(item.split("=") for item in line["result"].split())
+            rss = f"{int(fields['rss_kib']) / 1024:.0f} MiB" if "another" in line["case"] else "(with its clients)"
+            print(f"| F. {fields['waiters']} waiters on 1,000 jobs; {line['case']} | | | "
+                  f"wake p50 {fields['wake_p50_ms']} ms | wake p99 {fields['wake_p99_ms']} ms "
+                  f"| {fields['errors']} errors | {rss} | {TARGETS['F']} |")
+
+
+if __name__ == "__main__":
+    main()

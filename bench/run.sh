@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# make bench: the service against a bare-hyper baseline, measured in the same run.
+#
+# Scenarios A-D: wrk (1 thread, 64 connections) after a warm-up, in alternating
+# rounds (baseline, service, baseline, ...). Each round records throughput, the
+# server's own CPU per request (utime+stime of all its threads, from /proc), p50,
+# p99 and the answers by status. E: RSS with 10,000 idle keep-alive connections.
+# F: long polls. bench/report.py turns the measurements into target/bench/report.md.
+#
+#   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("A B C D E F").
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+seconds=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
+scenarios=${BENCH_SCENARIOS:-A B C D E F}
+postgres=${BENCH_DATABASE_URL:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
+out=$root/target/bench
+bin=${CARGO_TARGET_DIR:-$root/target}/release
+results=$out/results.jsonl
+
+command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+# 10,000 connections on each side, and some: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10500 ]; then
+  echo "scenarios E and F need 10,500 open files per process; the limit is $(ulimit -n)" >&2
+  exit 1
+fi
+cargo build --quiet --release -p compositions-jobs -p compositions-bench
+
+mkdir -p "$out"
+: >"$results"
+tmp=$(mktemp -d)
+children=()
+schema=
+cleanup() {
+  for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "$schema" ] && psql -q "$postgres" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# The service as it would run: real JWT verification with the test key set. The
+# polling limit stays on the request path but never throttles (64 connections
+# hammer one job on purpose).
+export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json
+export COMPOSITIONS_AUTH__ISSUER=https://auth.bench.ehealth.example
+export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
+export COMPOSITIONS_POLLING__LIMIT_PER_SECOND=1000000000 COMPOSITIONS_POLLING__LIMIT_BURST=1000000000
+export RUST_LOG=warn,compositions_jobs=info BENCH_LUA=$root/bench/lua
+key=$root/tests/fixtures/rsa-test-key.pem
+client=mis-bench
+
+# start NAME COMMAND...: runs a server, waits for its address; sets $address, $pid.
+start() {
+  local name=$1
+  shift
+  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  pid=$!
+  children+=("$pid")
+  address=
+  for _ in $(seq 100); do
+    address=$(sed -n 's/.*address[^0-9]*\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/$name.out" "$tmp/$name.err" | head -1)
+    [ -n "$address" ] && return
+    sleep 0.1
+  done
+  echo "$name did not start" >&2
+  cat "$tmp/$name.err" >&2
+  exit 1
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+postgres_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -u postgres); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# round SCENARIO TARGET PID ADDRESS SCRIPT: one wrk run, one JSON line.
+round() {
+  local scenario=$1 target=$2 server=$3 at=$4 script=$5
+  local before pg_before after pg_after line
+  before=$(cpu_ticks "$server")
+  pg_before=$(postgres_ticks)
+  line=$(wrk -t1 -c64 -d"${seconds}s" --timeout 10s -s "$root/bench/lua/$script" "http://$at" | tail -1)
+  after=$(cpu_ticks "$server")
+  pg_after=$(postgres_ticks)
+  echo "{\"scenario\": \"$scenario\", \"target\": \"$target\", \"cpu_ticks\": $((after - before)), \"postgres_ticks\": $((pg_after - pg_before)), \"clk_tck\": $(getconf CLK_TCK), \"peak_rss_kib\": $(peak_rss_kib "$server"), \"wrk\": $line}" >>"$results"
+}
+
+# compare SCENARIO SERVICE_PID SERVICE_ADDRESS SCRIPT: warm-up, then alternating rounds.
+compare() {
+  local scenario=$1 service=$2 at=$3 script=$4
+  echo "scenario $scenario" >&2
+  wrk -t1 -c64 -d2s -s "$root/bench/lua/$script" "http://$at" >/dev/null
+  wrk -t1 -c64 -d2s -s "$root/bench/lua/$script" "http://$baseline_address" >/dev/null
+  for _ in $(seq "$rounds"); do
+    round "$scenario" baseline "$baseline_pid" "$baseline_address" "$script"
+    round "$scenario" service "$service" "$at" "$script"
+  done
+}
+
+start baseline "$bin/baseline"
+baseline_pid=$pid baseline_address=$address
+
+"$bin/bench-tool" tokens --key "$key" --client-id "$client" >"$tmp/token"
+export BENCH_TOKEN
+BENCH_TOKEN=$(cat "$tmp/token")
+
+sqlite_service() {
+  rm -rf "$tmp/sqlite" && mkdir -p "$tmp/sqlite"
+  sqlite_url=sqlite:$tmp/sqlite/jobs.db
+  start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$sqlite_url"
+}
+
+for scenario in $scenarios; do
+  case $scenario in
+    A | B)
+      sqlite_service
+      BENCH_PATH=/api/patients/composition/job/$("$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --pending)
+      export BENCH_PATH
+      if [ "$scenario" = A ]; then
+        compare A "$pid" "$address" one_token.lua
+      else
+        "$bin/bench-tool" tokens --key "$key" --client-id "$client" --count 1000 >"$tmp/tokens"
+        BENCH_TOKENS=$tmp/tokens compare B "$pid" "$address" rotating_tokens.lua
+      fi
+      kill -TERM "$pid"
+      ;;
+    C)
+      schema=bench_$$
+      psql -q "$postgres" -c "CREATE SCHEMA $schema" >/dev/null
+      separator='?'
+      [[ $postgres == *\?* ]] && separator='&'
+      pg_url="$postgres${separator}options=-csearch_path%3D$schema"
+      start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$pg_url"
+      BENCH_PATH=/api/patients/composition/job/$("$bin/bench-tool" seed --database "$pg_url" --client-id "$client" --pending)
+      export BENCH_PATH
+      compare C "$pid" "$address" one_token.lua
+      kill -TERM "$pid"
+      ;;
+    D)
+      sqlite_service
+      "$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --count 10000 >"$tmp/ids"
+      "$bin/bench-tool" tokens --key "$key" --client-id "$client" --count 10 --bad-signature >"$tmp/bad"
+      BENCH_IDS=$tmp/ids BENCH_BAD_TOKENS=$tmp/bad compare D "$pid" "$address" mix.lua
+      kill -TERM "$pid"
+      ;;
+    E)
+      echo "scenario E" >&2
+      sqlite_service
+      idle_before=$(rss_kib "$pid")
+      "$bin/bench-tool" idle --address "$address" --connections 10000 --hold-seconds 4 >"$tmp/idle" &
+      idler=$!
+      for _ in $(seq 600); do grep -q open= "$tmp/idle" 2>/dev/null && break; sleep 0.1; done
+      sleep 1
+      echo "{\"scenario\": \"E\", \"connections\": $(sed -n 's/open=//p' "$tmp/idle"), \"rss_before_kib\": $idle_before, \"rss_kib\": $(rss_kib "$pid"), \"baseline_rss_kib\": $(rss_kib "$baseline_pid")}" >>"$results"
+      wait "$idler"
+      kill -TERM "$pid"
+      ;;
+    F)
+      echo "scenario F" >&2
+      # Another process finishes the jobs: SQLite (data_version), then PostgreSQL
+      # (NOTIFY); then this process (the bench tool runs the server itself).
+      sqlite_service
+      "$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --count 1000 --pending >"$tmp/waited"
+      line=$("$bin/bench-tool" longpoll --address "$address" --database "$sqlite_url" --jobs "$tmp/waited" \
+        --token "$BENCH_TOKEN" --server-pid "$pid")
+      echo "{\"scenario\": \"F\", \"case\": \"SQLite, finished by another process\", \"result\": \"$line\"}" >>"$results"
+      kill -TERM "$pid"
+      if [ -z "$schema" ]; then
+        schema=bench_$$
+        psql -q "$postgres" -c "CREATE SCHEMA $schema" >/dev/null
+        separator='?'
+        [[ $postgres == *\?* ]] && separator='&'
+        pg_url="$postgres${separator}options=-csearch_path%3D$schema"
+      fi
+      start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$pg_url"
+      "$bin/bench-tool" seed --database "$pg_url" --client-id "$client" --count 1000 --pending >"$tmp/waited"
+      line=$("$bin/bench-tool" longpoll --address "$address" --database "$pg_url" --jobs "$tmp/waited" \
+        --token "$BENCH_TOKEN" --server-pid "$pid")
+      echo "{\"scenario\": \"F\", \"case\": \"PostgreSQL, finished by another process (NOTIFY)\", \"result\": \"$line\"}" >>"$results"
+      kill -TERM "$pid"
+      rm -rf "$tmp/inproc" && mkdir -p "$tmp/inproc"
+      "$bin/bench-tool" seed --database "sqlite:$tmp/inproc/jobs.db" --client-id "$client" --count 1000 --pending >"$tmp/waited"
+      line=$("$bin/bench-tool" longpoll --database "sqlite:$tmp/inproc/jobs.db" --jobs "$tmp/waited" \
+        --token "$BENCH_TOKEN" --jwks "$COMPOSITIONS_AUTH__JWKS")
+      echo "{\"scenario\": \"F\", \"case\": \"SQLite, finished in the server's process\", \"result\": \"$line\"}" >>"$results"
+      ;;
+    *)
+      echo "unknown scenario $scenario" >&2
+      exit 2
+      ;;
+  esac
+done
+
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+python3 "$root/bench/report.py" "$results" "$commit" "$seconds" "$rounds" >"$out/report.md"
+cat "$out/report.md"
