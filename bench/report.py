@@ -96,8 +96,8 @@ def main():
     for line in lines:
         if line.get("scenario") == "E":
             print(f"| E. {line['connections']:,} idle keep-alive connections | | | | | | "
-                  f"{line['rss_kib'] / 1024:.0f} MiB (idle: {line['rss_before_kib'] / 1024:.0f} MiB; "
-                  f"baseline {line['baseline_rss_kib'] / 1024:.0f} MiB) | {TARGETS['E']} |")
+                  f"{line['rss_kib'] / 1024:.0f} MiB (before: {line['rss_before_kib'] / 1024:.0f} MiB; "
+                  f"baseline with the same connections: {line['baseline_rss_kib'] / 1024:.0f} MiB) | {TARGETS['E']} |")
     for line in lines:
         if line.get("scenario") == "F":
             fields = dict(item.split("=") for item in line["result"].split())

@@ -112,6 +112,17 @@ baseline_pid=$pid baseline_address=$address
 export BENCH_TOKEN
 BENCH_TOKEN=$(cat "$tmp/token")
 
+# hold ADDRESS PID NAME: 10,000 idle keep-alive connections to ADDRESS, one request
+# each; records PID's RSS while they are open in $tmp/rss.NAME.
+hold() {
+  "$bin/bench-tool" idle --address "$1" --connections 10000 --hold-seconds 4 >"$tmp/idle.$3" &
+  local idler=$!
+  for _ in $(seq 600); do grep -q open= "$tmp/idle.$3" 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  rss_kib "$2" >"$tmp/rss.$3"
+  wait "$idler"
+}
+
 sqlite_service() {
   rm -rf "$tmp/sqlite" && mkdir -p "$tmp/sqlite"
   sqlite_url=sqlite:$tmp/sqlite/jobs.db
@@ -155,13 +166,10 @@ for scenario in $scenarios; do
       echo "scenario E" >&2
       sqlite_service
       idle_before=$(rss_kib "$pid")
-      "$bin/bench-tool" idle --address "$address" --connections 10000 --hold-seconds 4 >"$tmp/idle" &
-      idler=$!
-      for _ in $(seq 600); do grep -q open= "$tmp/idle" 2>/dev/null && break; sleep 0.1; done
-      sleep 1
-      echo "{\"scenario\": \"E\", \"connections\": $(sed -n 's/open=//p' "$tmp/idle"), \"rss_before_kib\": $idle_before, \"rss_kib\": $(rss_kib "$pid"), \"baseline_rss_kib\": $(rss_kib "$baseline_pid")}" >>"$results"
-      wait "$idler"
+      hold "$address" "$pid" service
       kill -TERM "$pid"
+      hold "$baseline_address" "$baseline_pid" baseline
+      echo "{\"scenario\": \"E\", \"connections\": $(sed -n 's/open=//p' "$tmp/idle.service"), \"rss_before_kib\": $idle_before, \"rss_kib\": $(cat "$tmp/rss.service"), \"baseline_rss_kib\": $(cat "$tmp/rss.baseline")}" >>"$results"
       ;;
     F)
       echo "scenario F" >&2

@@ -1,6 +1,7 @@
 -- Scenario D: jobs in every status, 5% unknown ids (404) and 1% bad tokens (401),
 -- each request carrying the status it expects so that report.lua can check it.
 dofile(os.getenv("BENCH_LUA") .. "/report.lua")
+check_each_response()
 
 function init(args)
   math.randomseed(20261127)

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PATH = "/api/patients/composition/job/{asyncJobId}"
 # Copied into the scratch workspace; generated/ is made there from the spec.
-WORKSPACE = ["Cargo.toml", "Cargo.lock", "impl", "tests", "codegen", "spec"]
+WORKSPACE = ["Cargo.toml", "Cargo.lock", "impl", "tests", "bench", "codegen", "spec"]
 
 
 def operation(spec):

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
@@ -64,8 +65,49 @@ pub enum KeySetError {
 /// Verifies tokens against a fixed set of keys.
 pub struct JwtVerifier {
     keys: HashMap<String, VerificationKey>,
-    cache: TokenCache,
+    /// Callers of valid tokens, until `exp` plus the leeway.
+    accepted: TokenCache<Arc<Caller>>,
+    /// Tokens refused for good: with a fixed key set, issuer and audience, a bad
+    /// signature, a foreign issuer or a passed `exp` never become valid. (A
+    /// token refused for `nbf` is not remembered: it becomes valid later.)
+    refused: TokenCache<Refusal>,
     leeway: u64,
+}
+
+/// A remembered refusal: what [`AuthError`] to answer again.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    Expired,
+    Invalid(&'static str),
+}
+
+impl Refusal {
+    /// The refusal to remember for `error`, if it is permanent.
+    fn of(error: &AuthError) -> Option<Self> {
+        match error {
+            AuthError::Expired => Some(Self::Expired),
+            AuthError::InvalidToken { source, .. }
+                if source
+                    .as_ref()
+                    .is_some_and(|e| *e.kind() == ErrorKind::ImmatureSignature) =>
+            {
+                None
+            }
+            AuthError::InvalidToken { reason, .. } => Some(Self::Invalid(reason)),
+            AuthError::MissingToken | AuthError::MissingHeader(_) | AuthError::InvalidHeader(_) => {
+                None
+            }
+        }
+    }
+}
+
+impl From<Refusal> for AuthError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Expired => Self::Expired,
+            Refusal::Invalid(reason) => Self::invalid(reason),
+        }
+    }
 }
 
 struct VerificationKey {
@@ -141,24 +183,44 @@ impl JwtVerifier {
         }
         Ok(Self {
             keys,
-            cache: TokenCache::new(config.token_cache_size),
+            accepted: TokenCache::new(config.token_cache_size),
+            refused: TokenCache::new(config.token_cache_size),
             leeway: config.leeway.as_secs(),
         })
     }
 
     /// Verifies `token` and returns its caller.
-    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    pub fn verify(&self, token: &[u8]) -> Result<Arc<Caller>, AuthError> {
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(caller) = self.cache.get(token, now) {
+        if let Some(caller) = self.accepted.get(token, now) {
             return Ok(caller);
         }
-        let (caller, exp) = self.verify_signature_and_claims(token)?;
-        self.cache
-            .insert(token, caller.clone(), exp.saturating_add(self.leeway), now);
-        Ok(caller)
+        if let Some(refusal) = self.refused.get(token, now) {
+            return Err(refusal.into());
+        }
+        match self.verify_signature_and_claims(token) {
+            Ok((caller, exp)) => {
+                let caller = Arc::new(caller);
+                let valid_until = exp.saturating_add(self.leeway);
+                self.accepted
+                    .insert(token, Arc::clone(&caller), valid_until, now);
+                Ok(caller)
+            }
+            Err(error) => {
+                if let Some(refusal) = Refusal::of(&error) {
+                    self.refused.insert(token, refusal, u64::MAX, now);
+                }
+                Err(error)
+            }
+        }
     }
 
-    fn verify_signature_and_claims(&self, token: &str) -> Result<(Caller, u64), AuthError> {
+    fn verify_signature_and_claims(&self, token: &[u8]) -> Result<(Caller, u64), AuthError> {
+        // A JWT is ASCII (base64url and dots); anything else is refused here.
+        let token = std::str::from_utf8(token)
+            .ok()
+            .filter(|token| token.is_ascii())
+            .ok_or_else(|| AuthError::invalid("the token is not ASCII"))?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| rejected("malformed token", e))?;
         let kid = header
@@ -177,11 +239,7 @@ impl JwtVerifier {
         if !valid_client_id(&claims.client_id) {
             return Err(AuthError::invalid("bad client_id claim"));
         }
-        let caller = Caller {
-            client_id: claims.client_id,
-            subject: claims.sub,
-            scopes: parse_scopes(&claims.scope),
-        };
+        let caller = Caller::new(claims.client_id, claims.sub, parse_scopes(&claims.scope));
         // `exp` passed validation, so it is a finite time in the future.
         Ok((caller, claims.exp as u64))
     }
@@ -239,4 +297,103 @@ fn algorithm_for(jwk: &Jwk) -> Result<Algorithm, String> {
 /// The number of bytes a base64url string (without padding) decodes to.
 fn base64_len(encoded: &str) -> usize {
     encoded.trim_end_matches('=').len() * 3 / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
+
+    fn verifier() -> JwtVerifier {
+        let config = AuthConfig {
+            jwks: Some(format!("{FIXTURES}/jwks.json").into()),
+            issuer: Some("https://auth.test".into()),
+            audience: Some("compositions-jobs".into()),
+            ..AuthConfig::default()
+        };
+        JwtVerifier::from_config(&config).expect("the test key set loads")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let pem = std::fs::read(format!("{FIXTURES}/rsa-test-key.pem")).expect("test key");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("test-rsa".into());
+        let key = EncodingKey::from_rsa_pem(&pem).expect("RSA key");
+        jsonwebtoken::encode(&header, &claims, &key).expect("signed")
+    }
+
+    fn claims(exp_from_now: i64, nbf_from_now: i64) -> serde_json::Value {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        serde_json::json!({
+            "iss": "https://auth.test", "aud": "compositions-jobs", "client_id": "mis-1",
+            "scope": "composition:read", "exp": now + exp_from_now, "nbf": now + nbf_from_now,
+        })
+    }
+
+    fn remembered(verifier: &JwtVerifier, token: &str) -> Option<Refusal> {
+        verifier
+            .refused
+            .get(token.as_bytes(), jsonwebtoken::get_current_timestamp())
+    }
+
+    #[test]
+    fn a_bad_signature_is_remembered_and_refused_again() {
+        let verifier = verifier();
+        let mut bad = token(claims(3600, -10));
+        let last = if bad.ends_with('A') { 'B' } else { 'A' };
+        bad.pop();
+        bad.push(last);
+        let first = verifier.verify(bad.as_bytes()).expect_err("bad signature");
+        assert!(matches!(
+            first,
+            AuthError::InvalidToken {
+                source: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            remembered(&verifier, &bad),
+            Some(Refusal::Invalid(_))
+        ));
+        let again = verifier.verify(bad.as_bytes()).expect_err("still bad");
+        assert_eq!(again.to_string(), first.to_string());
+    }
+
+    #[test]
+    fn an_expired_token_is_remembered_as_expired() {
+        let verifier = verifier();
+        let expired = token(claims(-3600, -7200));
+        assert!(matches!(
+            verifier.verify(expired.as_bytes()),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            verifier.verify(expired.as_bytes()),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            remembered(&verifier, &expired),
+            Some(Refusal::Expired)
+        ));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_not_remembered() {
+        let verifier = verifier();
+        let early = token(claims(7200, 3600));
+        assert!(verifier.verify(early.as_bytes()).is_err());
+        assert!(remembered(&verifier, &early).is_none());
+    }
+
+    #[test]
+    fn a_valid_token_is_not_refused() {
+        let verifier = verifier();
+        let good = token(claims(3600, -10));
+        let caller = verifier.verify(good.as_bytes()).expect("valid");
+        assert_eq!(caller.client_id, "mis-1");
+        assert!(remembered(&verifier, &good).is_none());
+        assert_eq!(verifier.verify(good.as_bytes()).expect("cached"), caller);
+    }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use compositions_api::server::Authorization;
 use hyper::header::{HOST, HeaderValue};
 use hyper::{HeaderMap, Uri};
-use swagger::auth::Scopes;
 use swagger::{Has, XSpanIdString};
 use uuid::Uuid;
 
@@ -15,6 +14,9 @@ use crate::auth::Caller;
 
 /// The request id header, read from callers and always sent back.
 pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// The generated router's name for the request id, which it adds to answers.
+pub const X_SPAN_ID: &str = "x-span-id";
 
 /// The longest caller-supplied request id that is reused.
 const MAX_REQUEST_ID: usize = 64;
@@ -24,7 +26,7 @@ const MAX_REQUEST_ID: usize = 64;
 pub struct RequestMeta {
     /// `meta.url`: `<scheme>://<host>[:port]<path>`.
     pub url: String,
-    /// `meta.request_id`, also the `x-request-id` and `x-span-id` headers.
+    /// `meta.request_id`, also the `x-request-id` header.
     pub request_id: XSpanIdString,
 }
 
@@ -101,29 +103,20 @@ fn is_sane_host(host: &HeaderValue) -> bool {
 /// The context the generated router passes to the API implementation.
 pub struct RequestContext {
     meta: Arc<RequestMeta>,
-    authorization: Option<Authorization>,
-    client_id: Option<String>,
+    caller: Option<Arc<Caller>>,
+    /// Set only if the generated stack replaces the caller's authorization
+    /// (nothing on this service's path does).
+    replaced: Option<Option<Authorization>>,
 }
 
 impl RequestContext {
     /// A context for `caller`, or an anonymous one for requests that reach no
     /// operation (the router answers those with 404 or 405 before any check).
-    pub fn new(meta: Arc<RequestMeta>, caller: Option<Caller>) -> Self {
-        let (authorization, client_id) = match caller {
-            Some(caller) => {
-                let authorization = Authorization {
-                    subject: caller.subject.unwrap_or_else(|| caller.client_id.clone()),
-                    scopes: Scopes::Some(caller.scopes),
-                    issuer: None,
-                };
-                (Some(authorization), Some(caller.client_id))
-            }
-            None => (None, None),
-        };
+    pub fn new(meta: Arc<RequestMeta>, caller: Option<Arc<Caller>>) -> Self {
         Self {
             meta,
-            authorization,
-            client_id,
+            caller,
+            replaced: None,
         }
     }
 
@@ -134,7 +127,9 @@ impl RequestContext {
 
     /// The MIS client the caller acts for.
     pub fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref()
+        self.caller
+            .as_deref()
+            .map(|caller| caller.client_id.as_str())
     }
 }
 
@@ -152,16 +147,23 @@ impl Has<XSpanIdString> for RequestContext {
     }
 }
 
+/// What the router's scope check reads: the caller's own authorization, lent.
 impl Has<Option<Authorization>> for RequestContext {
     fn get(&self) -> &Option<Authorization> {
-        &self.authorization
+        match (&self.replaced, &self.caller) {
+            (Some(replaced), _) => replaced,
+            (None, Some(caller)) => &caller.authorization,
+            (None, None) => &None,
+        }
     }
 
     fn get_mut(&mut self) -> &mut Option<Authorization> {
-        &mut self.authorization
+        let caller = &self.caller;
+        self.replaced
+            .get_or_insert_with(|| caller.as_ref().and_then(|c| c.authorization.clone()))
     }
 
     fn set(&mut self, value: Option<Authorization>) {
-        self.authorization = value;
+        self.replaced = Some(value);
     }
 }

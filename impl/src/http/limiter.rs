@@ -24,7 +24,7 @@ pub struct RateLimiter {
     burst: f64,
     entries: usize,
     keys: RandomState,
-    buckets: Mutex<HashMap<u64, Bucket>>,
+    buckets: Mutex<HashMap<u64, Bucket, RandomState>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -47,7 +47,7 @@ impl RateLimiter {
             burst: f64::from(config.limit_burst),
             entries: config.limit_entries,
             keys: RandomState::default(),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::default()),
         }
     }
 
@@ -78,7 +78,7 @@ impl RateLimiter {
         }
     }
 
-    fn make_room(&self, buckets: &mut HashMap<u64, Bucket>, now: Instant) {
+    fn make_room(&self, buckets: &mut HashMap<u64, Bucket, RandomState>, now: Instant) {
         buckets.retain(|_, bucket| bucket.refilled(now, self.per_second, self.burst) < self.burst);
         if buckets.len() >= self.entries
             && let Some(oldest) = buckets

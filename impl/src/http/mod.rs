@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use api::JobsApi;
-pub use context::{RequestContext, RequestMeta, X_REQUEST_ID};
+pub use context::{RequestContext, RequestMeta, X_REQUEST_ID, X_SPAN_ID};
 pub use error::RequestError;
 pub use limiter::RateLimiter;
 
@@ -133,9 +133,11 @@ impl AppInner {
             self.local_addr,
         ));
         let mut response = self.route(request, &meta).await;
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID, meta.request_id_header());
+        let headers = response.headers_mut();
+        // The generated router echoes the id as `x-span-id`; eHealth's name for
+        // it is `x-request-id`, and one copy is enough.
+        headers.remove(X_SPAN_ID);
+        headers.insert(X_REQUEST_ID, meta.request_id_header());
         response
     }
 

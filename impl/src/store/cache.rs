@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use uuid::Uuid;
 
 use crate::jobs::{self, Job, State, Timestamp};
@@ -34,7 +35,7 @@ pub struct JobCache {
     ttl: Duration,
     live: AtomicBool,
     generation: AtomicU64,
-    entries: Mutex<HashMap<Uuid, Entry>>,
+    entries: Mutex<HashMap<Uuid, Entry, RandomState>>,
 }
 
 #[derive(Debug)]
@@ -53,11 +54,11 @@ impl JobCache {
             ttl,
             live: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
         }
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<Uuid, Entry>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<Uuid, Entry, RandomState>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
