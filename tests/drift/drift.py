@@ -24,8 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH = "/api/patients/composition/job/{asyncJobId}"
-# Copied into the scratch workspace; generated/ is made there from the spec.
-WORKSPACE = ["Cargo.toml", "Cargo.lock", "impl", "tests", "bench", "codegen", "spec"]
+# Copied into the scratch workspace (everything the crates read at build time);
+# generated/ is made there from the spec.
+WORKSPACE = ["Cargo.toml", "Cargo.lock", "impl", "tests", "bench", "codegen", "spec", "docs/site"]
 
 
 def operation(spec):
