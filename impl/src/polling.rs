@@ -166,11 +166,15 @@ pub fn etag(job: &Job) -> String {
     hash.write(job.id.as_bytes());
     hash.write(&job.state.eta().as_millis().to_be_bytes());
     // "…" around 16 hex digits, written directly: this runs on every poll.
-    let mut tag = *b"\"0000000000000000\"";
-    for (i, digit) in tag[1..17].iter_mut().enumerate() {
-        *digit = b"0123456789abcdef"[((hash.0 >> (60 - 4 * i)) & 0xf) as usize];
+    let mut tag = String::with_capacity(18);
+    tag.push('"');
+    for shift in (0..16).rev().map(|i| 4 * i) {
+        tag.push(char::from(
+            b"0123456789abcdef"[((hash.0 >> shift) & 0xf) as usize],
+        ));
     }
-    tag.iter().map(|&b| char::from(b)).collect()
+    tag.push('"');
+    tag
 }
 
 /// FNV-1a, 64 bits: defined by its constants, so stable everywhere.

@@ -115,15 +115,18 @@ impl TestContext {
         self.store.create(new, Timestamp::now()).await.unwrap().job
     }
 
-    /// Finishes a job as DONE with a link to `composition/<composition>`.
+    /// Finishes a job as DONE with a link to `composition/<composition>`, through
+    /// the server's own store, so that the next poll sees it at once. A write by
+    /// another connection (`self.store`) reaches the server's read cache only
+    /// with the next change check; the suites that test that use it directly.
     pub async fn complete_job(&self, id: Uuid, composition: Uuid) -> Job {
-        complete(&self.store, id, composition).await
+        complete(self.server_store(), id, composition).await
     }
 
-    /// Finishes a job as FAILED.
+    /// Finishes a job as FAILED, through the server's own store.
     pub async fn fail_job(&self, id: Uuid, code: i32, name: &str, message: &str) -> Job {
         let outcome = Outcome::Failed(Failure::new(code, name, message).unwrap());
-        self.store
+        self.server_store()
             .finish(id, outcome, Timestamp::now())
             .await
             .unwrap()

@@ -5,18 +5,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use compositions_api::server::Authorization;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Uri};
 use swagger::{Has, XSpanIdString};
 use uuid::Uuid;
 
 use crate::auth::Caller;
 
-/// The request id header, read from callers and always sent back.
-pub const X_REQUEST_ID: &str = "x-request-id";
+/// The request id header, read from callers and always sent back. A
+/// `HeaderName` rather than a `&str`, which every lookup would parse again.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The generated router's name for the request id, which it adds to answers.
-pub const X_SPAN_ID: &str = "x-span-id";
+pub const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 
 /// The longest caller-supplied request id that is reused.
 const MAX_REQUEST_ID: usize = 64;
@@ -59,7 +60,7 @@ impl RequestMeta {
         url.push_str(authority);
         url.push_str(path);
         let request_id = match headers
-            .get(X_REQUEST_ID)
+            .get(&X_REQUEST_ID)
             .and_then(|id| id.to_str().ok())
             .filter(|id| is_sane_request_id(id))
         {
