@@ -13,7 +13,7 @@ TEST_TOOLS    := $(VENV)/.test-tools
 DOCS_TOOLS    := docs/node_modules/.installed
 
 .PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec \
-        build release contract drift docs check-docs docs-test publish-docs tools clean
+        build release contract drift docs check-docs docs-test publish-docs bench tools clean
 
 ## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
 run:
@@ -73,6 +73,10 @@ docs-test: build $(DOCS_TOOLS)
 ## publish-docs DEST=<dir>: copy the site for a static host
 publish-docs:
 	docs/publish.sh "$(DEST)"
+
+## bench: the service against bare hyper in the same run (a few minutes; never in test)
+bench:
+	bench/run.sh
 
 tools: $(CODEGEN_TOOLS) $(TEST_TOOLS) $(DOCS_TOOLS)
 

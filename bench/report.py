@@ -3,7 +3,7 @@
 
 Usage: report.py RESULTS.jsonl COMMIT SECONDS ROUNDS
 
-For A-D each round is one wrk run; a figure is the median over the rounds, and
+For R and A-D each round is one wrk run; a figure is the median over the rounds, and
 each ratio compares the service with the baseline measured alternately with it.
 """
 
@@ -15,15 +15,19 @@ import sys
 from datetime import datetime, timezone
 
 NAMES = {
+    "R": "R. The generated router alone: constant answer, no auth, no store",
     "A": "A. SQLite, one PENDING job, one token",
     "B": "B. As A, 1,000 rotating tokens",
     "C": "C. PostgreSQL, as A",
+    "C0": "C0. As C, read cache off: every poll is a query",
     "D": "D. 10,000 jobs, all statuses, 5% 404, 1% 401",
 }
 TARGETS = {
+    "R": "none: the floor under A (the issue cites about 1.6×)",
     "A": "CPU ≤ 2.0×, req/s ≥ 0.50×, p99 ≤ 2× baseline p99, no errors",
     "B": "CPU ≤ 4×",
     "C": "CPU ≤ 2.5×, req/s ≥ 0.35×",
+    "C0": "none: shows what the cache spares",
     "D": "CPU ≤ 2.5×, every answer correct",
     "E": "≤ 150 MiB",
     "F": "RSS ≤ 256 MiB; wake p50/p99 ≤ 10 ms in-process, ≤ 50 ms NOTIFY, ≤ 250 ms SQLite",
@@ -76,7 +80,7 @@ def main():
           f"{rounds} alternating rounds of {seconds} s after a warm-up; medians.\n")
     print("| scenario | req/s (× baseline) | CPU µs/request (× baseline) | p50 | p99 (× baseline) | answers | peak RSS | target |")
     print("|---|---|---|---|---|---|---|---|")
-    for scenario in "ABCD":
+    for scenario in ["R", "A", "B", "C", "C0", "D"]:
         service = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "service"]
         baseline = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "baseline"]
         if not service:
@@ -86,7 +90,7 @@ def main():
         if scenario == "D":
             answers += f"; {mismatches} not as expected"
         cpu = f"{s['cpu']:.1f} ({s['cpu'] / b['cpu']:.2f}×)"
-        if scenario == "C":
+        if scenario.startswith("C"):
             cpu += f"; PostgreSQL: {s['pg_cpu']:.1f}"
         rss = max(l["peak_rss_kib"] for l in service) / 1024
         print(f"| {NAMES[scenario]} | {s['rps']:,.0f} ({s['rps'] / b['rps']:.2f}×) | {cpu} | {ms(s['p50'])} "

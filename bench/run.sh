@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # make bench: the service against a bare-hyper baseline, measured in the same run.
 #
-# Scenarios A-D: wrk (1 thread, 64 connections) after a warm-up, in alternating
+# Scenarios R and A-D: wrk (1 thread, 64 connections) after a warm-up, in alternating
 # rounds (baseline, service, baseline, ...). Each round records throughput, the
 # server's own CPU per request (utime+stime of all its threads, from /proc), p50,
 # p99 and the answers by status. E: RSS with 10,000 idle keep-alive connections.
 # F: long polls. bench/report.py turns the measurements into target/bench/report.md.
 #
-#   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("A B C D E F").
+#   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F";
+#   R is the generated router alone, the floor under A; C also measures C0,
+#   PostgreSQL with the read cache off).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-scenarios=${BENCH_SCENARIOS:-A B C D E F}
+scenarios=${BENCH_SCENARIOS:-R A B C D E F}
 postgres=${BENCH_DATABASE_URL:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
 out=$root/target/bench
 bin=${CARGO_TARGET_DIR:-$root/target}/release
@@ -131,6 +133,12 @@ sqlite_service() {
 
 for scenario in $scenarios; do
   case $scenario in
+    R)
+      # The generated router alone: no auth, no store, a constant answer.
+      start floor "$bin/router-floor"
+      BENCH_PATH=/api/patients/composition/job/89678f60-4cdc-4fe3-ae83-e8b3ebd35c59 compare R "$pid" "$address" one_token.lua
+      kill -TERM "$pid"
+      ;;
     A | B)
       sqlite_service
       BENCH_PATH=/api/patients/composition/job/$("$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --pending)
@@ -153,6 +161,10 @@ for scenario in $scenarios; do
       BENCH_PATH=/api/patients/composition/job/$("$bin/bench-tool" seed --database "$pg_url" --client-id "$client" --pending)
       export BENCH_PATH
       compare C "$pid" "$address" one_token.lua
+      kill -TERM "$pid"
+      # The same without the read cache: what each poll costs PostgreSQL.
+      COMPOSITIONS_JOBS__READ_CACHE_ENTRIES=0 start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$pg_url"
+      compare C0 "$pid" "$address" one_token.lua
       kill -TERM "$pid"
       ;;
     D)

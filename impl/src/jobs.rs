@@ -94,8 +94,8 @@ impl Timestamp {
         put(14, 2, millis / 60_000 % 60);
         put(17, 2, millis / 1000 % 60);
         put(20, 3, millis % 1000);
-        // Only ASCII digits and punctuation were written.
-        String::from_utf8_lossy(&text).into_owned()
+        // Only ASCII digits and punctuation were written, so this never falls back.
+        String::from_utf8(text.to_vec()).unwrap_or_default()
     }
 }
 
