@@ -310,4 +310,37 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
     let loaded = Config::load(Some(&example), &Overrides::default()).unwrap();
     let defaults = Config::default().validated().unwrap();
     assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+
+    // Every key is shown, set or commented out, under its section.
+    let text = std::fs::read_to_string(&example).unwrap();
+    let shown = |section: &str, key: &str| {
+        let body = match section {
+            "" => text.split("\n[").next().unwrap_or_default(),
+            _ => text
+                .split(&format!("\n[{section}]\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("\n[").next())
+                .unwrap_or_default(),
+        };
+        body.lines().any(|line| {
+            line.trim_start_matches("# ")
+                .starts_with(&format!("{key} = "))
+        })
+    };
+    let serde_json::Value::Object(tree) = serde_json::to_value(&defaults).unwrap() else {
+        panic!("the configuration is a table");
+    };
+    for (key, value) in tree {
+        match value {
+            serde_json::Value::Object(section) => {
+                for inner in section.keys() {
+                    assert!(
+                        shown(&key, inner),
+                        "{key}.{inner} is not in config.example.toml"
+                    );
+                }
+            }
+            _ => assert!(shown("", &key), "{key} is not in config.example.toml"),
+        }
+    }
 }

@@ -118,41 +118,62 @@ impl hyper::service::Service<Request<Incoming>> for App {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
+    /// Everything before the router runs here, synchronously, so that the request
+    /// moves straight into the router instead of through layers of futures.
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let inner = Arc::clone(&self.inner);
-        Box::pin(async move { Ok(inner.handle(request).await) })
-    }
-}
-
-impl AppInner {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let meta = Arc::new(RequestMeta::new(
             request.headers(),
             request.uri(),
-            self.public_url.as_deref(),
-            self.local_addr,
+            self.inner.public_url.as_deref(),
+            self.inner.local_addr,
         ));
-        let mut response = self.route(request, &meta).await;
-        let headers = response.headers_mut();
-        // The generated router echoes the id as `x-span-id`; eHealth's name for
-        // it is `x-request-id`, and one copy is enough.
-        headers.remove(X_SPAN_ID);
-        headers.insert(X_REQUEST_ID, meta.request_id_header());
-        response
+        match self.inner.route(request, &meta) {
+            Routed::Answered(response) => Box::pin(std::future::ready(Ok(finish(response, &meta)))),
+            Routed::Router {
+                answer,
+                uri,
+                refusal,
+            } => Box::pin(async move {
+                let response = match answer.await {
+                    // Below 400 is always ours (200, 304); the router's own answers are errors.
+                    Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
+                        response
+                    }
+                    Ok(response) => rewrite_router_answer(response, &uri, &meta, refusal).await,
+                    Err(e) => reject(RequestError::Router(e.to_string()), &meta),
+                };
+                Ok(finish(response, &meta))
+            }),
+        }
     }
+}
 
-    async fn route(
-        &self,
-        mut request: Request<Incoming>,
-        meta: &Arc<RequestMeta>,
-    ) -> Response<Body> {
+/// Where a request went: answered at once, or handed to the generated router.
+enum Routed {
+    Answered(Response<Body>),
+    Router {
+        answer: <Router<JobsApi, RequestContext> as hyper::service::Service<(
+            Request<Incoming>,
+            RequestContext,
+        )>>::Future,
+        /// For `Allow`, should the router answer 405.
+        uri: Uri,
+        /// Why authentication failed, should the router ask for a caller.
+        refusal: Option<AuthError>,
+    },
+}
+
+impl AppInner {
+    fn route(&self, mut request: Request<Incoming>, meta: &Arc<RequestMeta>) -> Routed {
         match request.uri().path() {
             "/openapi.yaml" => {
-                return serve_static(request.method(), meta, SPEC, "application/yaml", None);
+                let response = serve_static(request.method(), meta, SPEC, "application/yaml", None);
+                return Routed::Answered(response);
             }
             "/docs" => {
                 let html = "text/html; charset=utf-8";
-                return serve_static(request.method(), meta, DOCS, html, Some(DOCS_POLICY));
+                let response = serve_static(request.method(), meta, DOCS, html, Some(DOCS_POLICY));
+                return Routed::Answered(response);
             }
             _ => {}
         }
@@ -171,13 +192,22 @@ impl AppInner {
         }
         let uri = request.uri().clone();
         let context = RequestContext::new(Arc::clone(meta), caller);
-        match hyper::service::Service::call(&self.router, (request, context)).await {
-            // Below 400 is always ours (200, 304); the router's own answers are errors.
-            Ok(response) if response.status().as_u16() < 400 || is_json(&response) => response,
-            Ok(response) => rewrite_router_answer(response, &uri, meta, refusal).await,
-            Err(e) => reject(RequestError::Router(e.to_string()), meta),
+        Routed::Router {
+            answer: hyper::service::Service::call(&self.router, (request, context)),
+            uri,
+            refusal,
         }
     }
+}
+
+/// The last touch on every response: the request id.
+fn finish(mut response: Response<Body>, meta: &RequestMeta) -> Response<Body> {
+    let headers = response.headers_mut();
+    // The generated router echoes the id as `x-span-id`; eHealth's name for it
+    // is `x-request-id`, and one copy is enough.
+    headers.remove(X_SPAN_ID);
+    headers.insert(X_REQUEST_ID, meta.request_id_header());
+    response
 }
 
 fn reject(error: RequestError, meta: &RequestMeta) -> Response<Body> {
