@@ -71,7 +71,7 @@ pub enum GetAsyncJobStatusResponse {
         >
     }
     ,
-    /// Invalid request format. `asyncJobId` is not a UUID.
+    /// Invalid request format: `asyncJobId` is not a UUID (`error.invalid` names it), or the request has a body, which a GET never takes. 
     InvalidRequestFormat
     (models::ErrorEnvelope)
     ,
@@ -99,6 +99,10 @@ pub enum GetAsyncJobStatusResponse {
         String
     }
     ,
+    /// The path and query are longer than the service accepts (2 KiB by default). A job's URL is far shorter: check how it was built. 
+    UriTooLong
+    (models::ErrorEnvelope)
+    ,
     /// Too many requests: this client polls this job faster than the service allows (by default 10 at once, then 1 a second). Wait `Retry-After` seconds. eHealth has no error type for 429; this service uses `too_many_requests`. 
     TooManyRequests
     {
@@ -109,9 +113,23 @@ pub enum GetAsyncJobStatusResponse {
         >
     }
     ,
+    /// More request headers, or more bytes of them, than the service accepts (100 headers and 32 KiB by default). Far beyond that, the connection's HTTP layer refuses the request before the service sees it (see the README). 
+    RequestHeaderFieldsTooLarge
+    (models::ErrorEnvelope)
+    ,
     /// Subordinate service error: the job store failed. The body never carries internal detail; quote `meta.request_id` to the operators. 
     SubordinateServiceError
     (models::ErrorEnvelope)
+    ,
+    /// This instance is at its limit of open connections or of requests in flight, and sheds load rather than slow every caller down. Wait `Retry-After` seconds; a load balancer may try another instance. 
+    ServiceUnavailable
+    {
+        body: models::ErrorEnvelope,
+        retry_after:
+        Option<
+        i32
+        >
+    }
 }
 
 /// API

@@ -148,12 +148,25 @@ pub struct PostgresConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// How long a client may take to send the request headers.
+    /// How long a client may take to send the request headers, counted from the
+    /// end of the previous response on a kept-alive connection: so it is also how
+    /// long an idle connection stays open.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The most request headers accepted (431 beyond).
+    pub max_headers: usize,
+    /// The most bytes of request header names and values accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// The longest path and query accepted, in bytes (414 beyond).
+    pub max_uri_bytes: usize,
+    /// The most connections open at once; beyond, each new one is answered 503
+    /// and closed.
+    pub max_connections: usize,
+    /// The most requests in flight at once, long polls included (503 beyond).
+    pub max_in_flight: usize,
 }
 
 impl Default for Config {
@@ -229,6 +242,11 @@ impl Default for HttpConfig {
         Self {
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 2048,
+            max_connections: 32_768,
+            max_in_flight: 16_384,
         }
     }
 }
@@ -318,6 +336,17 @@ impl Config {
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        for (key, value) in [
+            ("http.max_headers", self.http.max_headers),
+            ("http.max_header_bytes", self.http.max_header_bytes),
+            ("http.max_uri_bytes", self.http.max_uri_bytes),
+            ("http.max_connections", self.http.max_connections),
+            ("http.max_in_flight", self.http.max_in_flight),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
             }
         }
         if self.jobs.purge_batch == 0 {

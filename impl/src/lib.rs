@@ -139,6 +139,7 @@ pub async fn start_server(
     let app = http::App::new(
         http::JobsApi::new(polling, limiter),
         authenticator,
+        &config.http,
         config.public_url.clone(),
         local_addr,
     );

@@ -844,6 +844,22 @@ impl<S, C, B> Api<C> for Client<S, C> where
                     }
                 )
             }
+            414 => {
+
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .map(|f| f.to_bytes().to_vec())
+                        .map_err(|e| ApiError(format!("Failed to read response: {}", e.into())))?;
+
+                let body = str::from_utf8(&body)
+                    .map_err(|e| ApiError(format!("Response was not valid UTF8: {e}")))?;
+                let body = serde_json::from_str::<models::ErrorEnvelope>(body)
+                    .map_err(|e| ApiError(format!("Response body did not match the schema: {e}")))?;
+
+                Ok(GetAsyncJobStatusResponse::UriTooLong
+                    (body)
+                )
+            }
             429 => {
                 let (header, body) = response.into_parts();
                 let response_retry_after = match header.headers.get(HeaderName::from_static("retry-after")) {
@@ -879,6 +895,22 @@ impl<S, C, B> Api<C> for Client<S, C> where
                     }
                 )
             }
+            431 => {
+
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .map(|f| f.to_bytes().to_vec())
+                        .map_err(|e| ApiError(format!("Failed to read response: {}", e.into())))?;
+
+                let body = str::from_utf8(&body)
+                    .map_err(|e| ApiError(format!("Response was not valid UTF8: {e}")))?;
+                let body = serde_json::from_str::<models::ErrorEnvelope>(body)
+                    .map_err(|e| ApiError(format!("Response body did not match the schema: {e}")))?;
+
+                Ok(GetAsyncJobStatusResponse::RequestHeaderFieldsTooLarge
+                    (body)
+                )
+            }
             500 => {
 
                 let body = http_body_util::BodyExt::collect(response.into_body())
@@ -893,6 +925,41 @@ impl<S, C, B> Api<C> for Client<S, C> where
 
                 Ok(GetAsyncJobStatusResponse::SubordinateServiceError
                     (body)
+                )
+            }
+            503 => {
+                let (header, body) = response.into_parts();
+                let response_retry_after = match header.headers.get(HeaderName::from_static("retry-after")) {
+                    Some(response_retry_after) => {
+                        let response_retry_after = response_retry_after.clone();
+                        let response_retry_after = match TryInto::<header::IntoHeaderValue<i32>>::try_into(response_retry_after) {
+                            Ok(value) => value,
+                            Err(e) => {
+                                return Err(ApiError(format!("Invalid response header Retry-After for response 503 - {e}")));
+                            },
+                        };
+                        Some(response_retry_after.0)
+                        },
+                    None => None,
+                };
+
+
+                let body = http_body_util::BodyExt::collect(body)
+
+                        .await
+                        .map(|f| f.to_bytes().to_vec())
+                        .map_err(|e| ApiError(format!("Failed to read response: {}", e.into())))?;
+
+                let body = str::from_utf8(&body)
+                    .map_err(|e| ApiError(format!("Response was not valid UTF8: {e}")))?;
+                let body = serde_json::from_str::<models::ErrorEnvelope>(body)
+                    .map_err(|e| ApiError(format!("Response body did not match the schema: {e}")))?;
+
+                Ok(GetAsyncJobStatusResponse::ServiceUnavailable
+                    {
+                        body,
+                        retry_after: response_retry_after,
+                    }
                 )
             }
             code => {

@@ -19,6 +19,32 @@ pub enum RequestError {
         /// What it should be, e.g. `uuid`.
         expected: &'static str,
     },
+    /// A GET with a body: it has no meaning here, so it is refused, not ignored.
+    #[error("a GET request takes no body")]
+    BodyNotAllowed,
+    /// The path and query are longer than `http.max_uri_bytes`.
+    #[error("the request URI is {length} bytes long")]
+    UriTooLong {
+        /// Its length.
+        length: usize,
+    },
+    /// More headers than `http.max_headers`, or more bytes of them than
+    /// `http.max_header_bytes`.
+    #[error("{count} request headers of {bytes} bytes")]
+    HeadersTooLarge {
+        /// How many headers there are.
+        count: usize,
+        /// The bytes of their names and values.
+        bytes: usize,
+    },
+    /// This instance is at its limit of connections or requests in flight.
+    #[error("overloaded: at the limit of {limit} {what}")]
+    Overloaded {
+        /// `connections` or `requests in flight`.
+        what: &'static str,
+        /// The limit reached.
+        limit: usize,
+    },
     /// No or bad credentials.
     #[error("not authenticated")]
     Unauthenticated(#[source] AuthError),

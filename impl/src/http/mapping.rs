@@ -103,6 +103,30 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
             )]);
             R::InvalidRequestFormat(body)
         }
+        RequestError::BodyNotAllowed => R::InvalidRequestFormat(envelope(
+            StatusCode::BAD_REQUEST,
+            "request_malformed",
+            "A GET request takes no body".into(),
+        )),
+        RequestError::UriTooLong { .. } => R::UriTooLong(envelope(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "Request URI too long".into(),
+        )),
+        RequestError::HeadersTooLarge { .. } => R::RequestHeaderFieldsTooLarge(envelope(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_header_fields_too_large",
+            "Request header fields too large".into(),
+        )),
+        // Shedding load: the next try may well succeed, here or elsewhere.
+        RequestError::Overloaded { .. } => R::ServiceUnavailable {
+            body: envelope(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "Service overloaded; retry after the Retry-After delay".into(),
+            ),
+            retry_after: Some(1),
+        },
         // 401 is for who you are: no token, or one that fails verification.
         RequestError::Unauthenticated(auth) => {
             let (kind, message, challenge) = match auth {
@@ -186,6 +210,9 @@ fn log_error(error: &RequestError, meta: &RequestMeta) {
     match error {
         RequestError::Store(_) | RequestError::Router(_) => {
             tracing::error!(request_id, error = %ErrorChain(error), "request failed");
+        }
+        RequestError::Overloaded { .. } => {
+            tracing::warn!(request_id, error = %ErrorChain(error), "load shed");
         }
         _ => tracing::debug!(request_id, error = %ErrorChain(error), "request refused"),
     }
@@ -338,6 +365,15 @@ pub fn encode(response: GetAsyncJobStatusResponse) -> Response<Body> {
         }
         R::SubordinateServiceError(body) => {
             (StatusCode::INTERNAL_SERVER_ERROR, Some(to_json(&body)))
+        }
+        R::UriTooLong(body) => (StatusCode::URI_TOO_LONG, Some(to_json(&body))),
+        R::RequestHeaderFieldsTooLarge(body) => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Some(to_json(&body)),
+        ),
+        R::ServiceUnavailable { body, retry_after } => {
+            headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
+            (StatusCode::SERVICE_UNAVAILABLE, Some(to_json(&body)))
         }
     };
     let json = body.is_some();

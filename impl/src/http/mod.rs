@@ -19,6 +19,7 @@ mod api;
 mod context;
 mod error;
 mod limiter;
+mod limits;
 pub mod mapping;
 
 use std::convert::Infallible;
@@ -47,9 +48,11 @@ pub use api::JobsApi;
 pub use context::{RequestContext, RequestMeta, X_REQUEST_ID, X_SPAN_ID};
 pub use error::RequestError;
 pub use limiter::RateLimiter;
+pub use limits::Limits;
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::HttpConfig;
+use limits::Connection;
 use mapping::Body;
 
 /// The contract, served at `/openapi.yaml` exactly as committed.
@@ -90,15 +93,18 @@ pub struct App {
 struct AppInner {
     router: Router<JobsApi, RequestContext>,
     authenticator: Authenticator,
+    limits: Arc<Limits>,
     public_url: Option<String>,
     local_addr: SocketAddr,
 }
 
 impl App {
-    /// The application for `api`, authenticating with `authenticator`.
+    /// The application for `api`, authenticating with `authenticator`, within
+    /// the limits of `http`.
     pub fn new(
         api: JobsApi,
         authenticator: Authenticator,
+        http: &HttpConfig,
         public_url: Option<String>,
         local_addr: SocketAddr,
     ) -> Self {
@@ -106,10 +112,29 @@ impl App {
             inner: Arc::new(AppInner {
                 router: Router::new(api, false),
                 authenticator,
+                limits: Arc::new(Limits::new(http)),
                 public_url,
                 local_addr,
             }),
         }
+    }
+
+    fn meta(&self, request: &Request<Incoming>) -> Arc<RequestMeta> {
+        Arc::new(RequestMeta::new(
+            request.headers(),
+            request.uri(),
+            self.inner.public_url.as_deref(),
+            self.inner.local_addr,
+        ))
+    }
+
+    /// The answer on a connection past `http.max_connections`.
+    fn shed(&self, request: &Request<Incoming>) -> Response<Body> {
+        let meta = self.meta(request);
+        finish(
+            reject(self.inner.limits.overloaded_connections(), &meta),
+            &meta,
+        )
     }
 }
 
@@ -121,12 +146,16 @@ impl hyper::service::Service<Request<Incoming>> for App {
     /// Everything before the router runs here, synchronously, so that the request
     /// moves straight into the router instead of through layers of futures.
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let meta = Arc::new(RequestMeta::new(
-            request.headers(),
-            request.uri(),
-            self.inner.public_url.as_deref(),
-            self.inner.local_addr,
-        ));
+        let meta = self.meta(&request);
+        let admitted = self
+            .inner
+            .limits
+            .admit()
+            .and_then(|admitted| self.inner.limits.check(&request).map(|()| admitted));
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => return Box::pin(std::future::ready(Ok(finish(reject(e, &meta), &meta)))),
+        };
         match self.inner.route(request, &meta) {
             Routed::Answered(response) => Box::pin(std::future::ready(Ok(finish(response, &meta)))),
             Routed::Router {
@@ -134,6 +163,7 @@ impl hyper::service::Service<Request<Incoming>> for App {
                 uri,
                 refusal,
             } => Box::pin(async move {
+                let _admitted = admitted;
                 let response = match answer.await {
                     // Below 400 is always ours (200, 304); the router's own answers are errors.
                     Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
@@ -352,21 +382,45 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let limits = Arc::clone(&app.inner.limits);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(limits.hyper_max_headers())
+        .max_buf_size(limits.hyper_max_buf_size());
+    // Past the connection limit: one answer, then close.
+    let mut shedding = builder.clone();
+    shedding.keep_alive(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    let slot = match limits.connect() {
+                        Connection::Dropped => continue,
+                        Connection::Admitted(slot) | Connection::Shed(slot) => slot,
+                    };
+                    let shed = slot.is_shed();
                     // Responses are small and written at once; don't let Nagle hold them.
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    let connection = builder.serve_connection(TokioIo::new(stream), app.clone());
-                    let connection = graceful.watch(connection);
+                    let io = TokioIo::new(stream);
+                    if shed {
+                        let app = app.clone();
+                        let service = hyper::service::service_fn(move |request| {
+                            std::future::ready(Ok::<_, Infallible>(app.shed(&request)))
+                        });
+                        let connection = graceful.watch(shedding.serve_connection(io, service));
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let _ = connection.await;
+                        });
+                        continue;
+                    }
+                    let connection = graceful.watch(builder.serve_connection(io, app.clone()));
                     tokio::spawn(async move {
+                        let _slot = slot;
                         if let Err(e) = connection.await {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
