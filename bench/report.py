@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 NAMES = {
     "R": "R. The generated router alone: constant answer, no auth, no store",
     "A": "A. SQLite, one PENDING job, one token",
+    "AL": "AL. As A, with the access log on (a JSON line per request)",
     "B": "B. As A, 1,000 rotating tokens",
     "C": "C. PostgreSQL, as A",
     "C0": "C0. As C, read cache off: every poll is a query",
@@ -25,6 +26,7 @@ NAMES = {
 TARGETS = {
     "R": "none: the floor under A (the issue cites about 1.6×)",
     "A": "CPU ≤ 2.0×, req/s ≥ 0.50×, p99 ≤ 2× baseline p99, no errors",
+    "AL": "none: shows what the access log costs",
     "B": "CPU ≤ 4×",
     "C": "CPU ≤ 2.5×, req/s ≥ 0.35×",
     "C0": "none: shows what the cache spares",
@@ -80,7 +82,7 @@ def main():
           f"{rounds} alternating rounds of {seconds} s after a warm-up; medians.\n")
     print("| scenario | req/s (× baseline) | CPU µs/request (× baseline) | p50 | p99 (× baseline) | answers | peak RSS | target |")
     print("|---|---|---|---|---|---|---|---|")
-    for scenario in ["R", "A", "B", "C", "C0", "D"]:
+    for scenario in ["R", "A", "AL", "B", "C", "C0", "D"]:
         service = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "service"]
         baseline = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "baseline"]
         if not service:

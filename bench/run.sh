@@ -8,8 +8,9 @@
 # F: long polls. bench/report.py turns the measurements into target/bench/report.md.
 #
 #   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F";
-#   R is the generated router alone, the floor under A; C also measures C0,
-#   PostgreSQL with the read cache off).
+#   R is the generated router alone, the floor under A; A also measures AL, with
+#   the access log on; C also measures C0, PostgreSQL with the read cache off).
+#   The access log is off elsewhere (RUST_LOG without `access`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -145,6 +146,10 @@ for scenario in $scenarios; do
       export BENCH_PATH
       if [ "$scenario" = A ]; then
         compare A "$pid" "$address" one_token.lua
+        kill -TERM "$pid"
+        # The same with the access log on: one JSON line per request.
+        RUST_LOG=warn,compositions_jobs=info,access=info start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$sqlite_url"
+        compare AL "$pid" "$address" one_token.lua
       else
         "$bin/bench-tool" tokens --key "$key" --client-id "$client" --count 1000 >"$tmp/tokens"
         BENCH_TOKENS=$tmp/tokens compare B "$pid" "$address" rotating_tokens.lua

@@ -4,6 +4,7 @@
 //! already happened), 1 failure, 2 bad usage or input, 3 job not found,
 //! 4 a conflicting transition was refused.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -180,29 +181,38 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     let dev = matches!(cli.command, Command::Serve { dev: true, .. });
-    init_logging(serving && !dev);
+    // Held to the end: dropping it flushes the log lines still queued.
+    let _log_writer = init_logging(serving && !dev);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failed) => {
-            eprintln!("error: {}", failed.message);
+            // Not eprintln!: it panics when stderr cannot be written (a full disk).
+            let _ = writeln!(std::io::stderr(), "error: {}", failed.message);
             ExitCode::from(failed.code)
         }
     }
 }
 
-/// JSON lines when serving in production; readable text otherwise.
-fn init_logging(json: bool) {
+/// JSON lines when serving in production; readable text otherwise. Lines are
+/// written to stderr by a thread of their own, so that a request never waits on
+/// a write(2) (one per access log line); the queue blocks rather than drops.
+fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn run(cli: Cli) -> Result<(), Failed> {
@@ -253,33 +263,50 @@ async fn serve(config: Config) -> Result<(), Failed> {
     let handle = compositions_jobs::start_server(config, listener)
         .await
         .map_err(|e| Failed::new(1, &e))?;
+    // The handlers go in before serving is announced: from then on a signal stops
+    // the server gracefully, never kills it.
+    let stop = shutdown_signal();
     tracing::info!(address = %handle.local_addr(), %database, "serving getAsyncJobStatus");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let signal = stop.await;
+    tracing::info!(signal, "shutting down");
     handle.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
+/// Installs the SIGTERM and SIGINT handlers now (until then either signal kills
+/// the process) and returns a future that ends at the first of them, naming it.
+#[cfg(unix)]
+fn shutdown_signal() -> impl Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut handlers = Vec::new();
+    for (name, kind) in [
+        ("SIGTERM", SignalKind::terminate()),
+        ("SIGINT", SignalKind::interrupt()),
+    ] {
+        match signal(kind) {
+            Ok(handler) => handlers.push((name, handler)),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = interrupt.await;
+                tracing::warn!(error = %e, signal = name, "cannot handle the signal; it will kill the server");
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    std::future::poll_fn(move |cx| {
+        for (name, handler) in &mut handlers {
+            if handler.poll_recv(cx).is_ready() {
+                return std::task::Poll::Ready(*name);
+            }
+        }
+        std::task::Poll::Pending
+    })
+}
+
+/// Returns a future that ends at Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl Future<Output = &'static str> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {

@@ -96,3 +96,33 @@ pub fn hs256_with_public_key(client_id: &str) -> String {
     )
     .unwrap()
 }
+
+/// The algorithm `key` signs with.
+pub fn algorithm(key: TestKey) -> Algorithm {
+    match key {
+        TestKey::Rsa => Algorithm::RS256,
+        TestKey::Ed25519 | TestKey::Untrusted => Algorithm::EdDSA,
+    }
+}
+
+/// A token with any header and any payload text, validly signed with `key` (in
+/// `key`'s own algorithm, whatever the header says): for hostile headers and
+/// payloads that a real signature must not make acceptable. The header is text,
+/// so that it too may repeat a parameter.
+pub fn sign_raw(header: &str, payload: &str, key: TestKey) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &encoding_key(key), algorithm(key)).unwrap();
+    format!("{message}.{signature}")
+}
+
+/// The public half of `key` as a JWK, as an attacker would embed it in a header.
+pub fn public_jwk(key: TestKey) -> Value {
+    let jwk =
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding_key(key), algorithm(key)).unwrap();
+    serde_json::to_value(jwk).unwrap()
+}

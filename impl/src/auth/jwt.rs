@@ -5,6 +5,10 @@
 //! and a token whose header names another is refused. That closes `alg: none` and
 //! the HS256-signed-with-the-RSA-public-key confusion. Keys are picked by `kid`
 //! only; `jku`, `x5u` and embedded keys in the token header are ignored.
+//!
+//! A payload that names a claim twice is refused: JSON parsers disagree on which
+//! of the two counts, so such a token means different things to different
+//! readers (and serde would quietly keep the last one of a claim not read here).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::cache::TokenCache;
 use super::{AuthError, Caller, parse_scopes, valid_client_id};
@@ -124,7 +129,7 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 /// The claims this service reads; `exp`, `nbf`, `iss` and `aud` are checked by
-/// [`Validation`]. Duplicate claims make deserialization fail.
+/// [`Validation`]. Read through [`UniqueClaims`], so duplicates are refused.
 #[derive(Deserialize)]
 struct Claims {
     /// A NumericDate: seconds, possibly with a fraction.
@@ -134,6 +139,40 @@ struct Claims {
     scope: String,
     #[serde(default)]
     sub: Option<String>,
+}
+
+/// `T` read from a payload whose top-level names are all distinct (after JSON
+/// unescaping, so `"client_\u0069d"` is `client_id`). It runs only once the
+/// signature has been verified, and only on a token-cache miss.
+struct UniqueClaims<T>(T);
+
+impl<'de, T: de::DeserializeOwned> Deserialize<'de> for UniqueClaims<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = serde_json::Map<String, serde_json::Value>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = serde_json::Map::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let value = map.next_value()?;
+                    if members.insert(name, value).is_some() {
+                        // The name is the caller's text: not repeated into the log.
+                        return Err(de::Error::custom("a claim appears more than once"));
+                    }
+                }
+                Ok(members)
+            }
+        }
+        let members = deserializer.deserialize_map(Members)?;
+        T::deserialize(serde_json::Value::Object(members))
+            .map(UniqueClaims)
+            .map_err(de::Error::custom)
+    }
 }
 
 impl JwtVerifier {
@@ -230,12 +269,13 @@ impl JwtVerifier {
             .keys
             .get(&kid)
             .ok_or_else(|| AuthError::invalid("unknown kid"))?;
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => rejected("verification failed", e),
-            })?
-            .claims;
+        let UniqueClaims(claims) =
+            jsonwebtoken::decode::<UniqueClaims<Claims>>(token, &key.key, &key.validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => rejected("verification failed", e),
+                })?
+                .claims;
         if !valid_client_id(&claims.client_id) {
             return Err(AuthError::invalid("bad client_id claim"));
         }
@@ -324,6 +364,23 @@ mod tests {
         jsonwebtoken::encode(&header, &claims, &key).expect("signed")
     }
 
+    /// A token over `payload` exactly as written, validly signed.
+    fn token_over(payload: &str) -> String {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let pem = std::fs::read(format!("{FIXTURES}/rsa-test-key.pem")).expect("test key");
+        let key = EncodingKey::from_rsa_pem(&pem).expect("RSA key");
+        let header = r#"{"alg":"RS256","typ":"JWT","kid":"test-rsa"}"#;
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).expect("signed");
+        format!("{message}.{signature}")
+    }
+
     fn claims(exp_from_now: i64, nbf_from_now: i64) -> serde_json::Value {
         let now = jsonwebtoken::get_current_timestamp() as i64;
         serde_json::json!({
@@ -395,5 +452,30 @@ mod tests {
         assert_eq!(caller.client_id, "mis-1");
         assert!(remembered(&verifier, &good).is_none());
         assert_eq!(verifier.verify(good.as_bytes()).expect("cached"), caller);
+    }
+
+    #[test]
+    fn a_payload_with_a_claim_twice_is_refused() {
+        let verifier = verifier();
+        let members = claims(3600, -10).to_string();
+        let members = members.trim_start_matches('{').trim_end_matches('}');
+        // Distinct members, written the same way, verify: the duplicates are the
+        // only difference below.
+        let single = token_over(&format!("{{{members}}}"));
+        assert!(verifier.verify(single.as_bytes()).is_ok());
+        for extra in [
+            r#""iat":1,"iat":2"#,
+            r#""jti":"a","jti":"a""#,
+            r#""client_id":"mis-2""#,
+            r#""client_\u0069d":"mis-2""#,
+            r#""scope":"composition:read""#,
+        ] {
+            let duplicated = token_over(&format!("{{{members},{extra}}}"));
+            let refused = verifier.verify(duplicated.as_bytes());
+            assert!(
+                matches!(refused, Err(AuthError::InvalidToken { .. })),
+                "{extra}: {refused:?}"
+            );
+        }
     }
 }

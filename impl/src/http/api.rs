@@ -18,6 +18,9 @@ use super::mapping;
 use crate::auth::AuthError;
 use crate::polling::Polling;
 
+/// The operation this implementation answers, as the access log names it.
+pub const OPERATION: &str = "getAsyncJobStatus";
+
 /// The service's answer to the generated API.
 #[derive(Clone, Debug)]
 pub struct JobsApi {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use compositions_api::server::Authorization;
 use hyper::header::{HOST, HeaderName, HeaderValue};
@@ -29,6 +30,8 @@ pub struct RequestMeta {
     pub url: String,
     /// `meta.request_id`, also the `x-request-id` header.
     pub request_id: XSpanIdString,
+    /// When the request arrived, for the access log.
+    pub started: Instant,
 }
 
 impl RequestMeta {
@@ -72,7 +75,11 @@ impl RequestMeta {
                     .to_owned(),
             ),
         };
-        Self { url, request_id }
+        Self {
+            url,
+            request_id,
+            started: Instant::now(),
+        }
     }
 
     /// The request id as a header value.

@@ -13,7 +13,9 @@
 //!    empty body) into the JSON envelope. Our own answers are always JSON, so the
 //!    content type tells the two apart.
 //!
-//! Every response leaves with `x-request-id`.
+//! Every response leaves with `x-request-id`, and every request is logged once
+//! (target `access`): request id, method, operation, status, latency and client
+//! id. Never a credential: the token stays in the request.
 
 mod api;
 mod context;
@@ -50,7 +52,7 @@ pub use error::RequestError;
 pub use limiter::RateLimiter;
 pub use limits::Limits;
 
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, Caller};
 use crate::config::HttpConfig;
 use limits::Connection;
 use mapping::Body;
@@ -131,10 +133,8 @@ impl App {
     /// The answer on a connection past `http.max_connections`.
     fn shed(&self, request: &Request<Incoming>) -> Response<Body> {
         let meta = self.meta(request);
-        finish(
-            reject(self.inner.limits.overloaded_connections(), &meta),
-            &meta,
-        )
+        let response = reject(self.inner.limits.overloaded_connections(), &meta);
+        finish(response, &meta, request.method(), None, None)
     }
 }
 
@@ -147,6 +147,7 @@ impl hyper::service::Service<Request<Incoming>> for App {
     /// moves straight into the router instead of through layers of futures.
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let meta = self.meta(&request);
+        let method = request.method().clone();
         let admitted = self
             .inner
             .limits
@@ -154,25 +155,38 @@ impl hyper::service::Service<Request<Incoming>> for App {
             .and_then(|admitted| self.inner.limits.check(&request).map(|()| admitted));
         let admitted = match admitted {
             Ok(admitted) => admitted,
-            Err(e) => return Box::pin(std::future::ready(Ok(finish(reject(e, &meta), &meta)))),
+            Err(e) => {
+                let response = finish(reject(e, &meta), &meta, &method, None, None);
+                return Box::pin(std::future::ready(Ok(response)));
+            }
         };
         match self.inner.route(request, &meta) {
-            Routed::Answered(response) => Box::pin(std::future::ready(Ok(finish(response, &meta)))),
+            Routed::Answered(response) => {
+                let response = finish(response, &meta, &method, None, None);
+                Box::pin(std::future::ready(Ok(response)))
+            }
             Routed::Router {
                 answer,
                 uri,
+                caller,
                 refusal,
             } => Box::pin(async move {
                 let _admitted = admitted;
-                let response = match answer.await {
-                    // Below 400 is always ours (200, 304); the router's own answers are errors.
+                let (response, operation) = match answer.await {
+                    // Below 400 is always ours (200, 304); the router's own answers
+                    // are errors. JSON comes only from the API implementation.
                     Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
-                        response
+                        (response, Some(api::OPERATION))
                     }
-                    Ok(response) => rewrite_router_answer(response, &uri, &meta, refusal).await,
-                    Err(e) => reject(RequestError::Router(e.to_string()), &meta),
+                    Ok(response) => {
+                        let operation = operation_of(&method, &uri);
+                        let response = rewrite_router_answer(response, &uri, &meta, refusal).await;
+                        (response, operation)
+                    }
+                    Err(e) => (reject(RequestError::Router(e.to_string()), &meta), None),
                 };
-                Ok(finish(response, &meta))
+                let client_id = caller.as_deref().map(|caller| caller.client_id.as_str());
+                Ok(finish(response, &meta, &method, operation, client_id))
             }),
         }
     }
@@ -188,6 +202,8 @@ enum Routed {
         )>>::Future,
         /// For `Allow`, should the router answer 405.
         uri: Uri,
+        /// Who called, for the access log.
+        caller: Option<Arc<Caller>>,
         /// Why authentication failed, should the router ask for a caller.
         refusal: Option<AuthError>,
     },
@@ -221,23 +237,50 @@ impl AppInner {
             normalize_list_header(request.headers_mut(), name);
         }
         let uri = request.uri().clone();
-        let context = RequestContext::new(Arc::clone(meta), caller);
+        let context = RequestContext::new(Arc::clone(meta), caller.clone());
         Routed::Router {
             answer: hyper::service::Service::call(&self.router, (request, context)),
             uri,
+            caller,
             refusal,
         }
     }
 }
 
-/// The last touch on every response: the request id.
-fn finish(mut response: Response<Body>, meta: &RequestMeta) -> Response<Body> {
+/// The last touch on every response: the request id, and the access log.
+fn finish(
+    mut response: Response<Body>,
+    meta: &RequestMeta,
+    method: &Method,
+    operation: Option<&str>,
+    client_id: Option<&str>,
+) -> Response<Body> {
     let headers = response.headers_mut();
     // The generated router echoes the id as `x-span-id`; eHealth's name for it
     // is `x-request-id`, and one copy is enough.
     headers.remove(X_SPAN_ID);
     headers.insert(X_REQUEST_ID, meta.request_id_header());
+    tracing::info!(
+        target: "access",
+        request_id = meta.request_id.0.as_str(),
+        method = method.as_str(),
+        operation = operation.unwrap_or("-"),
+        status = response.status().as_u16(),
+        latency_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        client_id = client_id.unwrap_or("-"),
+    );
     response
+}
+
+/// The operation a request names, for the log of an answer the router made
+/// itself (rare: the common answers come from the API implementation).
+fn operation_of(method: &Method, uri: &Uri) -> Option<&'static str> {
+    let probe = Request::builder()
+        .method(method)
+        .uri(uri.clone())
+        .body(())
+        .ok()?;
+    ApiRequestParser::parse_operation_id(&probe)
 }
 
 fn reject(error: RequestError, meta: &RequestMeta) -> Response<Body> {

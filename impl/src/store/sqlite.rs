@@ -155,17 +155,18 @@ impl SqliteStore {
         write: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || write(&mut lock(&inner.writer)))
-            .await
-            .map_err(|e| StoreError::backend("run a write", e))?
+        tokio::task::spawn_blocking(move || {
+            write(&mut lock(&inner.writer)).map_err(|e| explain(e, &inner.path))
+        })
+        .await
+        .map_err(|e| StoreError::backend("run a write", e))?
     }
 }
 
 impl Inner {
     fn open(path: PathBuf, ttl: Duration, cache: JobCache) -> Result<Self, StoreError> {
-        let mut writer = Connection::open(&path).map_err(|e| StoreError::backend("open", e))?;
-        configure_writer(&writer)?;
-        migrate(&mut writer)?;
+        check_folder(&path)?;
+        let writer = open_writer(&path).map_err(|e| explain(e, &path))?;
 
         let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
         let readers = (0..count)
@@ -191,6 +192,96 @@ impl Inner {
         (0..count)
             .find_map(|i| self.readers[(start + i) % count].try_lock().ok())
             .unwrap_or_else(|| lock(&self.readers[start % count]))
+    }
+}
+
+/// The folder must exist: SQLite's own word for a missing one is only "unable to
+/// open database file", so name the folder instead.
+fn check_folder(path: &Path) -> Result<(), StoreError> {
+    let Some(folder) = path
+        .parent()
+        .filter(|folder| !folder.as_os_str().is_empty())
+    else {
+        return Ok(());
+    };
+    let problem = match std::fs::metadata(folder) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+        Ok(metadata) if !metadata.is_dir() => "is not a folder",
+        // Anything else (no permission, say), SQLite reports as it can.
+        _ => return Ok(()),
+    };
+    let error = std::io::Error::other(format!("the folder {} {problem}", folder.display()));
+    Err(StoreError::backend("open", error))
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut writer = Connection::open(path).map_err(|e| StoreError::backend("open", e))?;
+    configure_writer(&writer)?;
+    migrate(&mut writer)?;
+    Ok(writer)
+}
+
+/// SQLite says "unable to open database file" or "attempt to write a readonly
+/// database" whatever the reason. When it could not open or write its files,
+/// try them directly and put first what the operating system says (a read-only
+/// file system, no permission, an immutable file).
+fn explain(error: StoreError, path: &Path) -> StoreError {
+    let StoreError::Backend { operation, source } = error else {
+        return error;
+    };
+    let unexplained = source
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code)
+        .is_some_and(|code| {
+            use rusqlite::ErrorCode::{CannotOpen, ReadOnly, SystemIoFailure};
+            matches!(code, CannotOpen | ReadOnly | SystemIoFailure)
+        });
+    let source = match unexplained.then(|| os_cause(path)).flatten() {
+        Some(cause) => Box::new(Explained { cause, source }),
+        None => source,
+    };
+    StoreError::Backend { operation, source }
+}
+
+/// The first of the database's files that cannot be opened for writing, and why.
+/// (Each is made if missing, empty, as SQLite itself would make it.)
+fn os_cause(path: &Path) -> Option<String> {
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [path.to_path_buf(), beside("-wal"), beside("-shm")]
+        .into_iter()
+        .find_map(|file| {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&file);
+            opened
+                .err()
+                .map(|e| format!("cannot write {}: {e}", file.display()))
+        })
+}
+
+/// A driver's error with the operating system's account of it first.
+#[derive(Debug)]
+struct Explained {
+    cause: String,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cause)
+    }
+}
+
+impl std::error::Error for Explained {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
     }
 }
 
@@ -240,11 +331,15 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     if found > known {
         return Err(StoreError::SchemaTooNew { found, known });
     }
-    for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
-        tx.execute_batch(migration).map_err(failed)?;
+    // Nothing is written when the schema is current, so that a server restarting
+    // on a full disk still starts and answers polls, which only read.
+    if found < known {
+        for migration in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(0)) {
+            tx.execute_batch(migration).map_err(failed)?;
+        }
+        tx.pragma_update(None, "user_version", known)
+            .map_err(failed)?;
     }
-    tx.pragma_update(None, "user_version", known)
-        .map_err(failed)?;
     tx.commit().map_err(failed)
 }
 

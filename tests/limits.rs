@@ -1,0 +1,303 @@
+//! The limits on hostile input, each sent just over (and just within) its line:
+//! header count and bytes, URI length, a GET with a body, requests in flight,
+//! connections, and the header-read timeout against slowloris.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use compositions_tests::tokens;
+use compositions_tests::{RawResponse, TestContext, job_path, raw};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn assert_envelope(
+    ctx: &TestContext,
+    response: &RawResponse,
+    path: &str,
+    status: u16,
+    error: Value,
+) {
+    assert_eq!(
+        response.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert_eq!(response.json(), ctx.expected_error(response, path, error));
+}
+
+/// `count` headers, each `x-filler-N: <value>`, on top of the bearer token.
+fn filler(count: usize, value: &str) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| (format!("x-filler-{i}"), value.to_owned()))
+        .collect()
+}
+
+async fn get_with(ctx: &TestContext, path: &str, extra: &[(String, String)]) -> RawResponse {
+    let token = format!("Bearer {}", tokens::valid("mis-1"));
+    let mut headers = vec![("Authorization", token.as_str())];
+    headers.extend(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    ctx.get_raw(path, &headers).await
+}
+
+/// Reads until the server closes the connection; the bytes it sent first.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut received = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server kept the connection open");
+    received
+}
+
+#[tokio::test]
+async fn headers_just_over_the_count_or_the_bytes_get_431() {
+    let ctx = TestContext::with_config(|c| {
+        c.http.max_headers = 20;
+        c.http.max_header_bytes = 4096;
+    })
+    .await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    // Host and Authorization come with every request: 20 in all is within.
+    assert_eq!(get_with(&ctx, &path, &filler(17, "x")).await.status, 200);
+    let over = get_with(&ctx, &path, &filler(19, "x")).await;
+    let error = json!({"type": "request_header_fields_too_large", "message": "Request header fields too large"});
+    assert_envelope(&ctx, &over, &path, 431, error.clone());
+
+    // Bytes: the token is about 700 bytes; fill up to just under and just over.
+    let token_bytes = "authorization".len() + "Bearer ".len() + tokens::valid("mis-1").len();
+    let host_bytes = "host".len() + ctx.addr.to_string().len() + "connection".len() + "close".len();
+    let room = 4096 - token_bytes - host_bytes - "x-filler-0".len();
+    assert_eq!(
+        get_with(&ctx, &path, &filler(1, &"a".repeat(room)))
+            .await
+            .status,
+        200
+    );
+    let over = get_with(&ctx, &path, &filler(1, &"a".repeat(room + 1))).await;
+    assert_envelope(&ctx, &over, &path, 431, error);
+}
+
+#[tokio::test]
+async fn a_uri_just_over_the_limit_gets_414() {
+    let ctx = TestContext::with_config(|c| c.http.max_uri_bytes = 256).await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let within = format!("{path}?{}", "q".repeat(256 - path.len() - 1));
+    assert_eq!(get_with(&ctx, &within, &[]).await.status, 200);
+    let over = format!("{within}q");
+    let response = get_with(&ctx, &over, &[]).await;
+    // meta.url is the path without the query.
+    assert_envelope(
+        &ctx,
+        &response,
+        &path,
+        414,
+        json!({"type": "uri_too_long", "message": "Request URI too long"}),
+    );
+}
+
+#[tokio::test]
+async fn a_get_with_a_body_is_refused() {
+    let ctx = TestContext::new().await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let token = tokens::valid("mis-1");
+    let error = json!({"type": "request_malformed", "message": "A GET request takes no body"});
+    for framing in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let body = if framing.starts_with("Content") {
+            "hello"
+        } else {
+            "5\r\nhello\r\n0\r\n\r\n"
+        };
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{framing}Connection: close\r\n\r\n{body}",
+            ctx.addr
+        );
+        let response = raw::send(ctx.addr, request.as_bytes()).await;
+        assert_envelope(&ctx, &response, &path, 400, error.clone());
+    }
+    // An empty body declared as such is no body.
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ctx.addr
+    );
+    assert_eq!(raw::send(ctx.addr, request.as_bytes()).await.status, 200);
+}
+
+#[tokio::test]
+async fn requests_just_over_the_in_flight_limit_get_503() {
+    let ctx = TestContext::with_config(|c| c.http.max_in_flight = 2).await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let token = format!("Bearer {}", tokens::valid("mis-1"));
+    // Two long polls hold both places.
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, path, token) = (ctx.addr, path.clone(), token.clone());
+            tokio::spawn(async move {
+                raw::request(
+                    addr,
+                    "GET",
+                    &path,
+                    &[("Authorization", &token), ("Prefer", "wait=2")],
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let shed = ctx.get_raw(&path, &[("Authorization", &token)]).await;
+    assert_envelope(
+        &ctx,
+        &shed,
+        &path,
+        503,
+        json!({"type": "service_unavailable", "message": "Service overloaded; retry after the Retry-After delay"}),
+    );
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    for waiter in waiting {
+        assert_eq!(
+            waiter.await.unwrap().status,
+            200,
+            "the long polls are not disturbed"
+        );
+    }
+    // The places are given back.
+    assert_eq!(
+        ctx.get_raw(&path, &[("Authorization", &token)])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_connection_just_over_the_limit_gets_503_then_closes() {
+    let ctx = TestContext::with_config(|c| c.http.max_connections = 2).await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let token = tokens::valid("mis-1");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        ctx.addr
+    );
+    // Two kept-alive connections, each answered once and left open.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(ctx.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buffer = [0u8; 4096];
+        let n = stream.read(&mut buffer).await.unwrap();
+        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(stream);
+    }
+    let mut third = TcpStream::connect(ctx.addr).await.unwrap();
+    third.write_all(request.as_bytes()).await.unwrap();
+    let received = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(text.contains(r#""type":"service_unavailable""#), "{text}");
+
+    // A place comes back when a connection closes.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = ctx
+        .get_raw(&path, &[("Authorization", &format!("Bearer {token}"))])
+        .await;
+    assert_eq!(response.status, 200);
+}
+
+async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    let timeout = Duration::from_secs(1);
+    let ctx = TestContext::with_config(|c| c.http.header_read_timeout = timeout).await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+
+    // Slowloris: a request line and one header, then nothing.
+    let started = Instant::now();
+    let mut slow = connect_and_send(
+        ctx.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n").as_bytes(),
+    )
+    .await;
+    let received = read_until_closed(&mut slow, timeout * 4).await;
+    let took = started.elapsed();
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        took >= timeout - Duration::from_millis(100),
+        "closed too early: {took:?}"
+    );
+
+    // Just within: the last header line arrives before the deadline.
+    let token = tokens::valid("mis-1");
+    let mut patient = connect_and_send(
+        ctx.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n").as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(timeout / 2).await;
+    patient
+        .write_all(format!("Authorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut patient, timeout * 4).await;
+    assert!(
+        received.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    // Keep-alive: an idle connection is closed after the same time.
+    let mut idle = connect_and_send(
+        ctx.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let started = Instant::now();
+    let received = read_until_closed(&mut idle, timeout * 4).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    let took = started.elapsed();
+    assert!(
+        took >= timeout - Duration::from_millis(100),
+        "closed too early: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_long_poll_outlives_the_header_read_timeout() {
+    // The timer covers reading headers, never a request being answered.
+    let ctx =
+        TestContext::with_config(|c| c.http.header_read_timeout = Duration::from_secs(1)).await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let token = format!("Bearer {}", tokens::valid("mis-1"));
+    let started = Instant::now();
+    let response = ctx
+        .get_raw(&path, &[("Authorization", &token), ("Prefer", "wait=3")])
+        .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("preference-applied"), Some("wait=3"));
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+}
