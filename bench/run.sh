@@ -47,7 +47,7 @@ trap cleanup EXIT
 # The service as it would run: real JWT verification with the test key set. The
 # polling limit stays on the request path but never throttles (64 connections
 # hammer one job on purpose).
-export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json
+export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
 export COMPOSITIONS_AUTH__ISSUER=https://auth.bench.ehealth.example
 export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
 export COMPOSITIONS_POLLING__LIMIT_PER_SECOND=1000000000 COMPOSITIONS_POLLING__LIMIT_BURST=1000000000

@@ -16,7 +16,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-COMPOSITIONS_DATA_DIR=$tmp COMPOSITIONS_DATABASE=sqlite:$tmp/jobs.db \
+COMPOSITIONS_DATA_DIR=$tmp COMPOSITIONS_DATABASE=sqlite:$tmp/jobs.db COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0 \
   "$bin" serve --dev --listen 127.0.0.1:0 2>"$tmp/server.log" &
 server=$!
 address=

@@ -27,6 +27,8 @@ pub const ENV_PREFIX: &str = "COMPOSITIONS_";
 pub struct Config {
     /// The address the HTTP server listens on.
     pub listen: SocketAddr,
+    /// The operators' listener: `/health/live`, `/health/ready`, `/metrics`.
+    pub admin_listen: SocketAddr,
     /// The job store: `sqlite:PATH`.
     pub database: DatabaseUrl,
     /// Where local state lives: the default SQLite file and, with `dev`, the dev key.
@@ -173,6 +175,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             database: DatabaseUrl::Sqlite(PathBuf::from("var/jobs.db")),
             data_dir: PathBuf::from("var"),
             public_url: None,
@@ -242,7 +245,7 @@ impl Default for HttpConfig {
         Self {
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
-            max_headers: 100,
+            max_headers: 64,
             max_header_bytes: 32 * 1024,
             max_uri_bytes: 2048,
             max_connections: 32_768,
@@ -257,6 +260,9 @@ pub struct Overrides {
     /// `--listen`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// `--admin-listen`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
     /// `--database`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,

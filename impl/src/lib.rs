@@ -35,14 +35,17 @@
 //! - **Checking scopes by hand.** The generated router enforces the scopes written
 //!   in the spec; we only turn its plain-text 403 into the envelope.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod polling;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -70,14 +73,26 @@ pub enum StartError {
     /// The listener has no local address.
     #[error("cannot read the listener's address")]
     Listener(#[source] std::io::Error),
+    /// The admin listener's address cannot be bound.
+    #[error("cannot listen on admin_listen {address}")]
+    AdminListener {
+        /// The configured address.
+        address: SocketAddr,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running server.
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    admin_stop: watch::Sender<bool>,
+    admin: JoinHandle<()>,
     store: Store,
 }
 
@@ -85,6 +100,11 @@ impl ServerHandle {
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address: health and metrics.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The server's own store: transitions made through it wake its long polls
@@ -103,6 +123,11 @@ impl ServerHandle {
                 tracing::error!(error = %e, "a server task failed");
             }
         }
+        // Readiness said "stopping" all through; now the admin listener goes too.
+        let _ = self.admin_stop.send(true);
+        if let Err(e) = self.admin.await {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
     }
 }
 
@@ -115,13 +140,21 @@ pub async fn start_server(
     listener: TcpListener,
 ) -> Result<ServerHandle, StartError> {
     let local_addr = listener.local_addr().map_err(StartError::Listener)?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::AdminListener {
+            address: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener.local_addr().map_err(StartError::Listener)?;
     let store = Store::open(&config.database, &config.jobs, &config.postgres)
         .await
         .map_err(|source| StartError::Store {
             database: config.database.to_string(),
             source,
         })?;
-    let authenticator = Authenticator::from_config(&config.auth)?;
+    let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
+    let metrics = Arc::new(metrics::Metrics::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let purger = tokio::spawn(store::purge_periodically(
         store.clone(),
@@ -138,16 +171,29 @@ pub async fn start_server(
     let polling = polling::Polling::new(store.clone(), config.polling.clone(), shutdown_rx.clone());
     let app = http::App::new(
         http::JobsApi::new(polling, limiter),
-        authenticator,
+        Arc::clone(&authenticator),
+        Arc::clone(&metrics),
         &config.http,
         config.public_url.clone(),
         local_addr,
     );
+    let admin = Arc::new(admin::Admin {
+        store: store.clone(),
+        metrics,
+        limits: app.limits(),
+        authenticator,
+        shutdown: shutdown_rx.clone(),
+    });
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin = tokio::spawn(admin::serve(admin_listener, admin, admin_stop_rx));
     let server = tokio::spawn(http::serve(listener, app, config.http, shutdown_rx));
     Ok(ServerHandle {
         local_addr,
+        admin_addr,
         shutdown,
         tasks: vec![server, purger, watcher],
+        admin_stop,
+        admin,
         store,
     })
 }

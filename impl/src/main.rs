@@ -51,6 +51,9 @@ enum Command {
         /// The address to listen on [default: 127.0.0.1:8080].
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// The operators' address: health and metrics [default: 127.0.0.1:9090].
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
         /// Trust a signing key made under the data folder. For trying the service out only.
         #[arg(long)]
         dev: bool,
@@ -220,8 +223,14 @@ async fn run(cli: Cli) -> Result<(), Failed> {
         database: cli.common.database,
         ..Overrides::default()
     };
-    if let Command::Serve { listen, dev } = &cli.command {
+    if let Command::Serve {
+        listen,
+        admin_listen,
+        dev,
+    } = &cli.command
+    {
         overrides.listen.clone_from(listen);
+        overrides.admin_listen.clone_from(admin_listen);
         overrides.dev = dev.then_some(true);
     }
     let config =
@@ -266,7 +275,12 @@ async fn serve(config: Config) -> Result<(), Failed> {
     // The handlers go in before serving is announced: from then on a signal stops
     // the server gracefully, never kills it.
     let stop = shutdown_signal();
-    tracing::info!(address = %handle.local_addr(), %database, "serving getAsyncJobStatus");
+    tracing::info!(
+        address = %handle.local_addr(),
+        admin = %handle.admin_addr(),
+        %database,
+        "serving getAsyncJobStatus"
+    );
     let signal = stop.await;
     tracing::info!(signal, "shutting down");
     handle.shutdown().await;

@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export COMPOSITIONS_DATA_DIR=$tmp COMPOSITIONS_DATABASE=sqlite:$tmp/jobs.db
+export COMPOSITIONS_DATA_DIR=$tmp COMPOSITIONS_DATABASE=sqlite:$tmp/jobs.db COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
 # The polling limit would answer most of these requests (1,100 on four ids) with
 # 429, which positive_data_acceptance reads as refusing valid data; tests/polling.rs
 # covers it. Long polls are cut to a second: the spec's example asks for 25.

@@ -64,6 +64,8 @@ impl TestContext {
         let mut config = Config {
             database: DatabaseUrl::Sqlite(dir.path().join("jobs.db")),
             data_dir: dir.path().to_path_buf(),
+            // Many servers run at once: each gets its own admin port too.
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
         };
         config.auth.mode = AuthMode::Jwt;
@@ -91,6 +93,11 @@ impl TestContext {
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The admin listener's address: health and metrics.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.admin_addr()
     }
 
     /// The server's own store: transitions through it wake long polls at once.

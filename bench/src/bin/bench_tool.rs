@@ -259,6 +259,7 @@ async fn longpoll(
         None => {
             let mut config = Config {
                 database: database.parse()?,
+                admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..Config::default()
             };
             config.auth.jwks = jwks;

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
@@ -77,6 +78,9 @@ pub struct JwtVerifier {
     /// token refused for `nbf` is not remembered: it becomes valid later.)
     refused: TokenCache<Refusal>,
     leeway: u64,
+    /// Tokens answered from either cache, and tokens verified, for `/metrics`.
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 /// A remembered refusal: what [`AuthError`] to answer again.
@@ -225,6 +229,8 @@ impl JwtVerifier {
             accepted: TokenCache::new(config.token_cache_size),
             refused: TokenCache::new(config.token_cache_size),
             leeway: config.leeway.as_secs(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         })
     }
 
@@ -232,11 +238,14 @@ impl JwtVerifier {
     pub fn verify(&self, token: &[u8]) -> Result<Arc<Caller>, AuthError> {
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(caller) = self.accepted.get(token, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(caller);
         }
         if let Some(refusal) = self.refused.get(token, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return Err(refusal.into());
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         match self.verify_signature_and_claims(token) {
             Ok((caller, exp)) => {
                 let caller = Arc::new(caller);
@@ -252,6 +261,14 @@ impl JwtVerifier {
                 Err(error)
             }
         }
+    }
+
+    /// Tokens answered from the caches, and tokens verified, so far.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     fn verify_signature_and_claims(&self, token: &[u8]) -> Result<(Caller, u64), AuthError> {

@@ -108,6 +108,15 @@ impl Authenticator {
         }
     }
 
+    /// Tokens answered from the verifier's caches, and tokens verified, so far
+    /// (`None` behind the gateway, which verifies them itself).
+    pub fn token_cache_stats(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Jwt(verifier) => Some(verifier.cache_stats()),
+            Self::Gateway => None,
+        }
+    }
+
     /// Identifies the caller from the request headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, AuthError> {
         match self {

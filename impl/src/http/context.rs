@@ -2,7 +2,7 @@
 //! its id, its `meta.url`, and the authenticated caller.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use compositions_api::server::Authorization;
@@ -32,6 +32,9 @@ pub struct RequestMeta {
     pub request_id: XSpanIdString,
     /// When the request arrived, for the access log.
     pub started: Instant,
+    /// Who called, once authenticated: read by the router's scope check, the API
+    /// implementation and the access log, all through this one handle.
+    caller: OnceLock<Arc<Caller>>,
 }
 
 impl RequestMeta {
@@ -79,7 +82,19 @@ impl RequestMeta {
             url,
             request_id,
             started: Instant::now(),
+            caller: OnceLock::new(),
         }
+    }
+
+    /// Records the authenticated caller (the first one set stays).
+    pub fn set_caller(&self, caller: Arc<Caller>) {
+        // Set once per request, right after authentication.
+        let _ = self.caller.set(caller);
+    }
+
+    /// The authenticated caller, if any.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.get().map(Arc::as_ref)
     }
 
     /// The request id as a header value.
@@ -111,19 +126,18 @@ fn is_sane_host(host: &HeaderValue) -> bool {
 /// The context the generated router passes to the API implementation.
 pub struct RequestContext {
     meta: Arc<RequestMeta>,
-    caller: Option<Arc<Caller>>,
     /// Set only if the generated stack replaces the caller's authorization
     /// (nothing on this service's path does).
     replaced: Option<Option<Authorization>>,
 }
 
 impl RequestContext {
-    /// A context for `caller`, or an anonymous one for requests that reach no
-    /// operation (the router answers those with 404 or 405 before any check).
-    pub fn new(meta: Arc<RequestMeta>, caller: Option<Arc<Caller>>) -> Self {
+    /// A context for the request `meta` describes, with its caller if one was
+    /// authenticated (requests that reach no operation are answered 404 or 405
+    /// by the router before any check).
+    pub fn new(meta: Arc<RequestMeta>) -> Self {
         Self {
             meta,
-            caller,
             replaced: None,
         }
     }
@@ -135,9 +149,7 @@ impl RequestContext {
 
     /// The MIS client the caller acts for.
     pub fn client_id(&self) -> Option<&str> {
-        self.caller
-            .as_deref()
-            .map(|caller| caller.client_id.as_str())
+        self.meta.caller().map(|caller| caller.client_id.as_str())
     }
 }
 
@@ -158,7 +170,7 @@ impl Has<XSpanIdString> for RequestContext {
 /// What the router's scope check reads: the caller's own authorization, lent.
 impl Has<Option<Authorization>> for RequestContext {
     fn get(&self) -> &Option<Authorization> {
-        match (&self.replaced, &self.caller) {
+        match (&self.replaced, self.meta.caller()) {
             (Some(replaced), _) => replaced,
             (None, Some(caller)) => &caller.authorization,
             (None, None) => &None,
@@ -166,9 +178,9 @@ impl Has<Option<Authorization>> for RequestContext {
     }
 
     fn get_mut(&mut self) -> &mut Option<Authorization> {
-        let caller = &self.caller;
+        let caller = self.meta.caller();
         self.replaced
-            .get_or_insert_with(|| caller.as_ref().and_then(|c| c.authorization.clone()))
+            .get_or_insert_with(|| caller.and_then(|c| c.authorization.clone()))
     }
 
     fn set(&mut self, value: Option<Authorization>) {

@@ -23,6 +23,9 @@ use crate::config::HttpConfig;
 /// than dropped: enough to tell callers why, without a task per attacker socket.
 const SHEDDING_CONNECTIONS: usize = 1024;
 
+/// hyper's header count limit when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// The limits of one instance and its counters.
 #[derive(Debug)]
 pub struct Limits {
@@ -51,11 +54,11 @@ impl Limits {
         }
     }
 
-    /// hyper's own header count limit: past ours, so that ours answers first.
-    pub fn hyper_max_headers(&self) -> usize {
-        self.max_headers
-            .saturating_mul(2)
-            .max(self.max_headers + 16)
+    /// hyper's own header count limit, past ours so that ours answers first:
+    /// none (hyper's 100, parsed on the stack) while ours is below it; any limit
+    /// set makes hyper allocate its header arrays on every request.
+    pub fn hyper_max_headers(&self) -> Option<usize> {
+        (self.max_headers >= HYPER_DEFAULT_MAX_HEADERS).then(|| self.max_headers.saturating_mul(2))
     }
 
     /// hyper's read buffer: room for a request line and headers twice our limits.
@@ -75,21 +78,20 @@ impl Limits {
         if uri > self.max_uri_bytes {
             return Err(RequestError::UriTooLong { length: uri });
         }
+        // One pass: the sizes, and any sign of a body.
         let headers = request.headers();
-        let bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
+        let (mut bytes, mut has_body) = (0, false);
+        for (name, value) in headers {
+            bytes += name.as_str().len() + value.len();
+            has_body |=
+                name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && value.as_bytes() != b"0");
+        }
         if headers.len() > self.max_headers || bytes > self.max_header_bytes {
             return Err(RequestError::HeadersTooLarge {
                 count: headers.len(),
                 bytes,
             });
         }
-        let has_body = headers.contains_key(TRANSFER_ENCODING)
-            || headers
-                .get(CONTENT_LENGTH)
-                .is_some_and(|length| length.as_bytes() != b"0");
         if has_body && (request.method() == Method::GET || request.method() == Method::HEAD) {
             return Err(RequestError::BodyNotAllowed);
         }
@@ -125,6 +127,16 @@ impl Limits {
         }
         self.shedding.fetch_sub(1, Ordering::AcqRel);
         Connection::Dropped
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (not counting those being shed).
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Why a shed connection is answered 503.
@@ -225,7 +237,13 @@ mod tests {
     #[test]
     fn hyper_leaves_room_above_the_service_limits() {
         let limits = limits(|_| {});
-        assert!(limits.hyper_max_headers() > 100);
+        assert_eq!(
+            limits.hyper_max_headers(),
+            None,
+            "hyper's own 100 is above 64"
+        );
         assert!(limits.hyper_max_buf_size() > 32 * 1024 + 2048);
+        let many = self::limits(|c| c.max_headers = 150);
+        assert_eq!(many.hyper_max_headers(), Some(300));
     }
 }

@@ -52,8 +52,9 @@ pub use error::RequestError;
 pub use limiter::RateLimiter;
 pub use limits::Limits;
 
-use crate::auth::{AuthError, Authenticator, Caller};
+use crate::auth::{AuthError, Authenticator};
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
 use limits::Connection;
 use mapping::Body;
 
@@ -94,18 +95,20 @@ pub struct App {
 
 struct AppInner {
     router: Router<JobsApi, RequestContext>,
-    authenticator: Authenticator,
+    authenticator: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     public_url: Option<String>,
     local_addr: SocketAddr,
 }
 
 impl App {
-    /// The application for `api`, authenticating with `authenticator`, within
-    /// the limits of `http`.
+    /// The application for `api`, authenticating with `authenticator`, counting
+    /// into `metrics`, within the limits of `http`.
     pub fn new(
         api: JobsApi,
-        authenticator: Authenticator,
+        authenticator: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
         http: &HttpConfig,
         public_url: Option<String>,
         local_addr: SocketAddr,
@@ -114,11 +117,17 @@ impl App {
             inner: Arc::new(AppInner {
                 router: Router::new(api, false),
                 authenticator,
+                metrics,
                 limits: Arc::new(Limits::new(http)),
                 public_url,
                 local_addr,
             }),
         }
+    }
+
+    /// The limits and their counters, shared with the admin listener.
+    pub fn limits(&self) -> Arc<Limits> {
+        Arc::clone(&self.inner.limits)
     }
 
     fn meta(&self, request: &Request<Incoming>) -> Arc<RequestMeta> {
@@ -134,7 +143,14 @@ impl App {
     fn shed(&self, request: &Request<Incoming>) -> Response<Body> {
         let meta = self.meta(request);
         let response = reject(self.inner.limits.overloaded_connections(), &meta);
-        finish(response, &meta, request.method(), None, None)
+        finish(
+            &self.inner.metrics,
+            response,
+            &meta,
+            request.method(),
+            None,
+            None,
+        )
     }
 }
 
@@ -156,38 +172,44 @@ impl hyper::service::Service<Request<Incoming>> for App {
         let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(e) => {
-                let response = finish(reject(e, &meta), &meta, &method, None, None);
+                let response = reject(e, &meta);
+                let response = finish(&self.inner.metrics, response, &meta, &method, None, None);
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
         match self.inner.route(request, &meta) {
             Routed::Answered(response) => {
-                let response = finish(response, &meta, &method, None, None);
+                let response = finish(&self.inner.metrics, response, &meta, &method, None, None);
                 Box::pin(std::future::ready(Ok(response)))
             }
             Routed::Router {
                 answer,
                 uri,
-                caller,
                 refusal,
-            } => Box::pin(async move {
-                let _admitted = admitted;
-                let (response, operation) = match answer.await {
-                    // Below 400 is always ours (200, 304); the router's own answers
-                    // are errors. JSON comes only from the API implementation.
-                    Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
-                        (response, Some(api::OPERATION))
-                    }
-                    Ok(response) => {
-                        let operation = operation_of(&method, &uri);
-                        let response = rewrite_router_answer(response, &uri, &meta, refusal).await;
-                        (response, operation)
-                    }
-                    Err(e) => (reject(RequestError::Router(e.to_string()), &meta), None),
-                };
-                let client_id = caller.as_deref().map(|caller| caller.client_id.as_str());
-                Ok(finish(response, &meta, &method, operation, client_id))
-            }),
+            } => {
+                let metrics = Arc::clone(&self.inner.metrics);
+                Box::pin(async move {
+                    let _admitted = admitted;
+                    let (response, operation) = match answer.await {
+                        // Below 400 is always ours (200, 304); the router's own answers
+                        // are errors. JSON comes only from the API implementation.
+                        Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
+                            (response, Some(api::OPERATION))
+                        }
+                        Ok(response) => {
+                            let operation = operation_of(&method, &uri);
+                            let response =
+                                rewrite_router_answer(response, &uri, &meta, refusal).await;
+                            (response, operation)
+                        }
+                        Err(e) => (reject(RequestError::Router(e.to_string()), &meta), None),
+                    };
+                    let client_id = meta.caller().map(|caller| caller.client_id.as_str());
+                    Ok(finish(
+                        &metrics, response, &meta, &method, operation, client_id,
+                    ))
+                })
+            }
         }
     }
 }
@@ -202,8 +224,6 @@ enum Routed {
         )>>::Future,
         /// For `Allow`, should the router answer 405.
         uri: Uri,
-        /// Who called, for the access log.
-        caller: Option<Arc<Caller>>,
         /// Why authentication failed, should the router ask for a caller.
         refusal: Option<AuthError>,
     },
@@ -229,26 +249,30 @@ impl AppInner {
         // calls, and on an operation refuses a context without a caller
         // ("Unauthenticated"), which is when the kept failure becomes the 401.
         // That spares matching the path a second time on every request.
-        let (caller, refusal) = match self.authenticator.authenticate(request.headers()) {
-            Ok(caller) => (Some(caller), None),
-            Err(e) => (None, Some(e)),
+        let refusal = match self.authenticator.authenticate(request.headers()) {
+            Ok(caller) => {
+                meta.set_caller(caller);
+                None
+            }
+            Err(e) => Some(e),
         };
         for name in [PREFER, IF_NONE_MATCH] {
             normalize_list_header(request.headers_mut(), name);
         }
         let uri = request.uri().clone();
-        let context = RequestContext::new(Arc::clone(meta), caller.clone());
+        let context = RequestContext::new(Arc::clone(meta));
         Routed::Router {
             answer: hyper::service::Service::call(&self.router, (request, context)),
             uri,
-            caller,
             refusal,
         }
     }
 }
 
-/// The last touch on every response: the request id, and the access log.
+/// The last touch on every response: the request id, the metrics and the access
+/// log.
 fn finish(
+    metrics: &Metrics,
     mut response: Response<Body>,
     meta: &RequestMeta,
     method: &Method,
@@ -260,13 +284,15 @@ fn finish(
     // is `x-request-id`, and one copy is enough.
     headers.remove(X_SPAN_ID);
     headers.insert(X_REQUEST_ID, meta.request_id_header());
+    let latency = meta.started.elapsed();
+    metrics.record(operation, response.status().as_u16(), latency);
     tracing::info!(
         target: "access",
         request_id = meta.request_id.0.as_str(),
         method = method.as_str(),
         operation = operation.unwrap_or("-"),
         status = response.status().as_u16(),
-        latency_us = u64::try_from(meta.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         client_id = client_id.unwrap_or("-"),
     );
     response
@@ -430,8 +456,10 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_headers(limits.hyper_max_headers())
         .max_buf_size(limits.hyper_max_buf_size());
+    if let Some(max_headers) = limits.hyper_max_headers() {
+        builder.max_headers(max_headers);
+    }
     // Past the connection limit: one answer, then close.
     let mut shedding = builder.clone();
     shedding.keep_alive(false);

@@ -94,6 +94,13 @@ impl Changes {
         }
     }
 
+    /// How many jobs are waited for, and by how many waiters in all.
+    pub fn waiters(&self) -> (usize, usize) {
+        let signals = self.signals();
+        let waiters = signals.values().map(watch::Sender::receiver_count).sum();
+        (signals.len(), waiters)
+    }
+
     /// The jobs someone is waiting for.
     pub fn waited(&self) -> Vec<Uuid> {
         self.signals().keys().copied().collect()

@@ -165,6 +165,15 @@ impl Store {
 }
 
 impl Store {
+    /// The PostgreSQL pool's size, idle connections and limit (`None` for SQLite,
+    /// whose readers are opened on demand).
+    pub fn pool_status(&self) -> Option<deadpool_postgres::Status> {
+        match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(store) => Some(store.pool_status()),
+        }
+    }
+
     /// The wake-ups of this store's long polls.
     pub fn changes(&self) -> &Arc<Changes> {
         match self {

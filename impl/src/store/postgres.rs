@@ -88,6 +88,11 @@ impl std::fmt::Debug for PostgresStore {
 struct TimedOut(Duration);
 
 impl PostgresStore {
+    /// The pool's size, idle connections and limit.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+
     /// Connects to `url` with the pool `config` and applies migrations.
     pub async fn open(
         url: &str,

@@ -14,10 +14,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_compositions-jobs");
 /// The binary with its state under `dir`.
 pub fn cli(dir: &Path) -> Command {
     let mut command = Command::new(BIN);
-    command.env_clear().env("COMPOSITIONS_DATA_DIR", dir).env(
-        "COMPOSITIONS_DATABASE",
-        format!("sqlite:{}", dir.join("jobs.db").display()),
-    );
+    // Servers run side by side: each gets its own admin port too.
+    command
+        .env_clear()
+        .env("COMPOSITIONS_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("COMPOSITIONS_DATA_DIR", dir)
+        .env(
+            "COMPOSITIONS_DATABASE",
+            format!("sqlite:{}", dir.join("jobs.db").display()),
+        );
     command
 }
 

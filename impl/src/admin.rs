@@ -1,0 +1,201 @@
+//! The operators' listener (`admin_listen`, 127.0.0.1:9090 by default): health
+//! and metrics, apart from the public API so that its surface stays exactly the
+//! spec.
+//!
+//! - `GET /health/live`: the process answers.
+//! - `GET /health/ready`: the job store answers a primary-key read within
+//!   [`READY_DEADLINE`], and the server is not shutting down; 503 otherwise, so a
+//!   load balancer stops sending polls before the instance goes.
+//! - `GET /metrics`: Prometheus' text format.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::http::Limits;
+use crate::metrics::{self, Metrics};
+use crate::store::{JobStore, Store};
+
+/// How long the store may take to answer the readiness probe.
+pub const READY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the admin listener reports on.
+#[derive(Debug)]
+pub struct Admin {
+    /// The job store, probed for readiness and asked for its pool.
+    pub store: Store,
+    /// The request counters.
+    pub metrics: Arc<Metrics>,
+    /// Requests in flight and connections.
+    pub limits: Arc<Limits>,
+    /// The token caches.
+    pub authenticator: Arc<Authenticator>,
+    /// True once shutdown has begun.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Admin {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"method_not_allowed"}"#.into(),
+            );
+        }
+        match request.uri().path() {
+            "/health/live" => json(StatusCode::OK, r#"{"status":"live"}"#.into()),
+            "/health/ready" => self.ready().await,
+            "/metrics" => {
+                let mut response = Response::new(Full::new(Bytes::from(self.render())));
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => json(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into()),
+        }
+    }
+
+    async fn ready(&self) -> Response<Full<Bytes>> {
+        if *self.shutdown.borrow() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"stopping"}"#.into(),
+            );
+        }
+        // A real read through the polling path's store, for an id nobody has.
+        match tokio::time::timeout(READY_DEADLINE, self.store.get(Uuid::nil())).await {
+            Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "not ready");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"status":"not_ready","reason":"the job store failed"}"#.into(),
+                )
+            }
+            Err(_) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"not_ready","reason":"the job store did not answer in time"}"#.into(),
+            ),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.metrics.render(&mut out);
+        metrics::gauge(
+            &mut out,
+            "compositions_jobs_requests_in_flight",
+            "Requests being answered, long polls included.",
+            self.limits.in_flight(),
+        );
+        metrics::gauge(
+            &mut out,
+            "compositions_jobs_connections_open",
+            "Client connections open.",
+            self.limits.connections(),
+        );
+        let (jobs, waiters) = self.store.changes().waiters();
+        metrics::gauge(
+            &mut out,
+            "compositions_jobs_long_poll_waiters",
+            "Long polls waiting for a job to change.",
+            waiters,
+        );
+        metrics::gauge(
+            &mut out,
+            "compositions_jobs_long_poll_jobs",
+            "Jobs that long polls wait for.",
+            jobs,
+        );
+        if let Some((hits, misses)) = self.authenticator.token_cache_stats() {
+            metrics::counter(
+                &mut out,
+                "compositions_jobs_token_cache_hits_total",
+                "Bearer tokens answered from the cache of verified tokens.",
+                hits,
+            );
+            metrics::counter(
+                &mut out,
+                "compositions_jobs_token_cache_misses_total",
+                "Bearer tokens verified (signature and claims).",
+                misses,
+            );
+        }
+        if let Some(pool) = self.store.pool_status() {
+            metrics::gauge(
+                &mut out,
+                "compositions_jobs_store_pool_connections",
+                "PostgreSQL connections open in the pool.",
+                pool.size,
+            );
+            metrics::gauge(
+                &mut out,
+                "compositions_jobs_store_pool_available",
+                "PostgreSQL connections idle in the pool.",
+                pool.available,
+            );
+            metrics::gauge(
+                &mut out,
+                "compositions_jobs_store_pool_max",
+                "The pool's size limit (postgres.pool_size).",
+                pool.max_size,
+            );
+        }
+        out
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Serves the admin listener until `stop` changes: after the public listener has
+/// drained, so that readiness says "stopping" all through the shutdown.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let admin = Arc::clone(&admin);
+                    let service = hyper::service::service_fn(move |request| {
+                        let admin = Arc::clone(&admin);
+                        async move { Ok::<_, Infallible>(admin.answer(request).await) }
+                    });
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "admin connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Prometheus metrics, served on the admin listener.
+//!
+//! The request path only counts: each worker thread adds to a shard of its own
+//! (plain relaxed atomics on a cache line no other core writes), and a scrape sums
+//! the shards. Gauges (requests in flight, connections, waiters, pools, token
+//! cache) are read from their owners at scrape time, so they cost the request
+//! path nothing.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// The statuses the spec declares, each counted apart; anything else is "other".
+const STATUSES: [u16; 12] = [200, 304, 400, 401, 403, 404, 405, 414, 429, 431, 500, 503];
+
+/// Upper bounds of the latency histogram, in seconds: polls take a millisecond,
+/// long polls up to 30 s.
+const BUCKETS: [f64; 14] = [
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0,
+];
+
+/// The one operation of the spec, as the `operation` label names it.
+const OPERATION: &str = "getAsyncJobStatus";
+
+/// Tells apart the `Metrics` of several servers in one process (the tests).
+static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard of each `Metrics` it has counted for.
+    static SHARDS: RefCell<Vec<(usize, Arc<Shard>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One thread's counts.
+#[derive(Debug, Default)]
+struct Shard {
+    /// By status (`STATUSES`, then other), for requests that named the
+    /// operation, then for those that named none (unknown paths, `/docs`, …).
+    requests: [[AtomicU64; STATUSES.len() + 1]; 2],
+    /// Cumulative counts are made at scrape; here, one count per bucket, then +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+/// The request counters of one server.
+#[derive(Debug)]
+pub struct Metrics {
+    id: usize,
+    shards: Mutex<Vec<Arc<Shard>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            id: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            shards: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered request, for `operation` if it named one.
+    pub fn record(&self, operation: Option<&str>, status: u16, latency: Duration) {
+        let named = usize::from(operation.is_none());
+        let index = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        let seconds = latency.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS.len());
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.with_shard(|shard| {
+            shard.requests[named][index].fetch_add(1, Ordering::Relaxed);
+            shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            shard.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+        });
+    }
+
+    fn with_shard(&self, count: impl FnOnce(&Shard)) {
+        SHARDS.with(|shards| {
+            let mut shards = shards.borrow_mut();
+            if let Some((_, shard)) = shards.iter().find(|(id, _)| *id == self.id) {
+                count(shard);
+                return;
+            }
+            let shard = Arc::new(Shard::default());
+            self.shards
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&shard));
+            count(&shard);
+            shards.push((self.id, shard));
+        });
+    }
+
+    /// The request counters in Prometheus' text format.
+    pub fn render(&self, out: &mut String) {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let sum = |read: &dyn Fn(&Shard) -> u64| shards.iter().map(|s| read(s)).sum::<u64>();
+        out.push_str(
+            "# HELP compositions_jobs_requests_total Requests answered, by operation and status.\n\
+             # TYPE compositions_jobs_requests_total counter\n",
+        );
+        let statuses = STATUSES
+            .iter()
+            .map(u16::to_string)
+            .chain(["other".to_owned()]);
+        for (index, status) in statuses.enumerate() {
+            for (named, operation) in [(0, OPERATION), (1, "none")] {
+                let count = sum(&|s| s.requests[named][index].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "compositions_jobs_requests_total{{operation=\"{operation}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP compositions_jobs_request_duration_seconds Time from reading a request to answering it.\n\
+             # TYPE compositions_jobs_request_duration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (index, bound) in BUCKETS.iter().enumerate() {
+            cumulative += sum(&|s| s.buckets[index].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "compositions_jobs_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += sum(&|s| s.buckets[BUCKETS.len()].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "compositions_jobs_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let seconds = sum(&|s| s.latency_sum_us.load(Ordering::Relaxed)) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "compositions_jobs_request_duration_seconds_sum {seconds}"
+        );
+        let _ = writeln!(
+            out,
+            "compositions_jobs_request_duration_seconds_count {cumulative}"
+        );
+    }
+}
+
+/// Writes one gauge with its help line.
+pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+/// Writes one counter with its help line.
+pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_every_thread_add_up() {
+        let metrics = Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let metrics = Arc::clone(&metrics);
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        metrics.record(Some(OPERATION), 200, Duration::from_micros(700));
+                    }
+                    metrics.record(None, 503, Duration::from_secs(40));
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("counted");
+        }
+        let mut text = String::new();
+        metrics.render(&mut text);
+        assert!(
+            text.contains("{operation=\"getAsyncJobStatus\",status=\"200\"} 4000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{operation=\"none\",status=\"503\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("_bucket{le=\"0.0005\"} 0\n"), "{text}");
+        assert!(text.contains("_bucket{le=\"0.001\"} 4000\n"), "{text}");
+        assert!(text.contains("_bucket{le=\"+Inf\"} 4004\n"), "{text}");
+        assert!(text.contains("_count 4004\n"), "{text}");
+    }
+}
