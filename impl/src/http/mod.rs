@@ -29,6 +29,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +38,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderName, HeaderValue, IF_NONE_MATCH,
+    CACHE_CONTROL, CONNECTION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderName, HeaderValue,
+    IF_NONE_MATCH,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -70,6 +72,10 @@ const DOCS_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline' blob:;
     style-src 'unsafe-inline'; img-src data: blob:; font-src data:; worker-src blob:; \
     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+/// How long shutdown keeps open connections answering (with `Connection: close`)
+/// before it closes the idle ones.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
 /// RFC 7240's request header.
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 
@@ -100,6 +106,8 @@ struct AppInner {
     limits: Arc<Limits>,
     public_url: Option<String>,
     local_addr: SocketAddr,
+    /// Shutting down: every answer closes its connection.
+    draining: AtomicBool,
 }
 
 impl App {
@@ -121,6 +129,7 @@ impl App {
                 limits: Arc::new(Limits::new(http)),
                 public_url,
                 local_addr,
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -143,14 +152,7 @@ impl App {
     fn shed(&self, request: &Request<Incoming>) -> Response<Body> {
         let meta = self.meta(request);
         let response = reject(self.inner.limits.overloaded_connections(), &meta);
-        finish(
-            &self.inner.metrics,
-            response,
-            &meta,
-            request.method(),
-            None,
-            None,
-        )
+        finish(&self.inner, response, &meta, request.method(), None, None)
     }
 }
 
@@ -173,13 +175,13 @@ impl hyper::service::Service<Request<Incoming>> for App {
             Ok(admitted) => admitted,
             Err(e) => {
                 let response = reject(e, &meta);
-                let response = finish(&self.inner.metrics, response, &meta, &method, None, None);
+                let response = finish(&self.inner, response, &meta, &method, None, None);
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
         match self.inner.route(request, &meta) {
             Routed::Answered(response) => {
-                let response = finish(&self.inner.metrics, response, &meta, &method, None, None);
+                let response = finish(&self.inner, response, &meta, &method, None, None);
                 Box::pin(std::future::ready(Ok(response)))
             }
             Routed::Router {
@@ -187,7 +189,7 @@ impl hyper::service::Service<Request<Incoming>> for App {
                 uri,
                 refusal,
             } => {
-                let metrics = Arc::clone(&self.inner.metrics);
+                let inner = Arc::clone(&self.inner);
                 Box::pin(async move {
                     let _admitted = admitted;
                     let (response, operation) = match answer.await {
@@ -206,7 +208,7 @@ impl hyper::service::Service<Request<Incoming>> for App {
                     };
                     let client_id = meta.caller().map(|caller| caller.client_id.as_str());
                     Ok(finish(
-                        &metrics, response, &meta, &method, operation, client_id,
+                        &inner, response, &meta, &method, operation, client_id,
                     ))
                 })
             }
@@ -272,7 +274,7 @@ impl AppInner {
 /// The last touch on every response: the request id, the metrics and the access
 /// log.
 fn finish(
-    metrics: &Metrics,
+    inner: &AppInner,
     mut response: Response<Body>,
     meta: &RequestMeta,
     method: &Method,
@@ -284,8 +286,13 @@ fn finish(
     // is `x-request-id`, and one copy is enough.
     headers.remove(X_SPAN_ID);
     headers.insert(X_REQUEST_ID, meta.request_id_header());
+    if inner.draining.load(Ordering::Relaxed) {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     let latency = meta.started.elapsed();
-    metrics.record(operation, response.status().as_u16(), latency);
+    inner
+        .metrics
+        .record(operation, response.status().as_u16(), latency);
     tracing::info!(
         target: "access",
         request_id = meta.request_id.0.as_str(),
@@ -507,7 +514,15 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+    // Drain before closing: for a moment, answer what arrives on open
+    // connections with `Connection: close`, so that clients stop reusing them.
+    // Only then are the idle ones closed; a request a client sends at that very
+    // moment would find its connection gone.
+    app.inner.draining.store(true, Ordering::Relaxed);
+    let grace = DRAIN_GRACE.min(config.shutdown_timeout / 5);
+    tokio::time::sleep(grace).await;
+    let rest = config.shutdown_timeout.saturating_sub(grace);
+    if tokio::time::timeout(rest, graceful.shutdown())
         .await
         .is_err()
     {
