@@ -13,7 +13,7 @@ TEST_TOOLS    := $(VENV)/.test-tools
 DOCS_TOOLS    := docs/node_modules/.installed
 
 .PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec \
-        build release contract drift docs check-docs docs-test publish-docs bench tools clean
+        build release contract drift docs check-docs docs-test publish-docs bench fuzz tools clean
 
 ## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
 run:
@@ -73,6 +73,10 @@ docs-test: build $(DOCS_TOOLS)
 ## publish-docs DEST=<dir>: copy the site for a static host
 publish-docs:
 	docs/publish.sh "$(DEST)"
+
+## fuzz: each cargo-fuzz target for FUZZ_SECONDS (300) on nightly (never in test)
+fuzz:
+	fuzz/run.sh
 
 ## bench: the service against bare hyper in the same run (a few minutes; never in test)
 bench:

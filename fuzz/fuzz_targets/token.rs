@@ -1,0 +1,34 @@
+//! The token parser: any bytes as `Authorization: Bearer <bytes>` (and as the
+//! whole header value). Verification must refuse or accept, never panic, and
+//! never accept anything but a token the key set signed.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use compositions_jobs::auth::Authenticator;
+use hyper::HeaderMap;
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fn authenticator() -> &'static Authenticator {
+    static AUTHENTICATOR: OnceLock<Authenticator> = OnceLock::new();
+    AUTHENTICATOR.get_or_init(|| Authenticator::from_config(&common::auth_config()).expect("keys"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut bearer = b"Bearer ".to_vec();
+    bearer.extend_from_slice(data);
+    for value in [&bearer[..], data] {
+        let Ok(value) = HeaderValue::from_bytes(value) else { continue };
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value);
+        if let Ok(caller) = authenticator().authenticate(&headers) {
+            // Only a signed token gets through, and it names our client.
+            assert_eq!(caller.client_id, common::CLIENT, "accepted: {data:?}");
+        }
+    }
+});
