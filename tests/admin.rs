@@ -124,6 +124,13 @@ async fn readiness_follows_the_store() {
     }
     let metrics = scrape(&ctx).await;
     assert!(sample(&metrics, "compositions_jobs_store_pool_max") >= 1.0);
+    assert_eq!(sample(&metrics, r#"compositions_jobs_jobs{status="PENDING"}"#), 0.0);
+    // The readiness probe's read failed while the server was down, but it is not
+    // the polling path's: only polls count as store reads.
+    assert_eq!(
+        sample(&metrics, "compositions_jobs_store_read_errors_total"),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -178,6 +185,26 @@ async fn metrics_count_what_was_served() {
     assert_eq!(sample(&metrics, "compositions_jobs_long_poll_waiters"), 1.0);
     assert_eq!(sample(&metrics, "compositions_jobs_long_poll_jobs"), 1.0);
     assert!(sample(&metrics, "compositions_jobs_connections_open") >= 1.0);
+    // Jobs by status, and the one read that reached the database (then cached).
+    assert_eq!(
+        sample(&metrics, r#"compositions_jobs_jobs{status="PENDING"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"compositions_jobs_jobs{status="DONE"}"#),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "compositions_jobs_store_read_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, "compositions_jobs_store_read_errors_total"),
+        0.0
+    );
     // One verification, then the cache: the same token six times.
     assert_eq!(
         sample(&metrics, "compositions_jobs_token_cache_misses_total"),

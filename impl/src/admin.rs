@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::auth::Authenticator;
 use crate::http::Limits;
 use crate::metrics::{self, Metrics};
+use crate::store::changes::STORE_READ_BUCKETS;
 use crate::store::{JobStore, Store};
 
 /// How long the store may take to answer the readiness probe.
@@ -43,7 +44,16 @@ pub struct Admin {
     pub authenticator: Arc<Authenticator>,
     /// True once shutdown has begun.
     pub shutdown: watch::Receiver<bool>,
+    /// The last count of jobs by status, and when it was made.
+    pub jobs_counted: tokio::sync::Mutex<Option<JobCount>>,
 }
+
+/// When jobs were counted, and the count per status.
+pub type JobCount = (Instant, Vec<(String, u64)>);
+
+/// How long a count of jobs by status is reused: it scans the table, and
+/// Prometheus scrapes every few seconds.
+const JOB_COUNT_MAX_AGE: Duration = Duration::from_secs(30);
 
 impl Admin {
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -57,7 +67,7 @@ impl Admin {
             "/health/live" => json(StatusCode::OK, r#"{"status":"live"}"#.into()),
             "/health/ready" => self.ready().await,
             "/metrics" => {
-                let mut response = Response::new(Full::new(Bytes::from(self.render())));
+                let mut response = Response::new(Full::new(Bytes::from(self.render().await)));
                 response.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -92,9 +102,54 @@ impl Admin {
         }
     }
 
-    fn render(&self) -> String {
+    async fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&mut out);
+        let (buckets, seconds, errors) = self.store.changes().reads().snapshot();
+        out.push_str(
+            "# HELP compositions_jobs_store_read_duration_seconds Reads of the polling path that reached the database.\n\
+             # TYPE compositions_jobs_store_read_duration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (count, bound) in buckets.iter().zip(
+            STORE_READ_BUCKETS
+                .iter()
+                .map(f64::to_string)
+                .chain(["+Inf".to_owned()]),
+        ) {
+            cumulative += count;
+            out.push_str(&format!(
+                "compositions_jobs_store_read_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "compositions_jobs_store_read_duration_seconds_sum {seconds}\n\
+             compositions_jobs_store_read_duration_seconds_count {cumulative}\n"
+        ));
+        metrics::counter(
+            &mut out,
+            "compositions_jobs_store_read_errors_total",
+            "Reads of the polling path that the database failed.",
+            errors,
+        );
+        match self.jobs_by_status().await {
+            Some(counts) => {
+                out.push_str(
+                    "# HELP compositions_jobs_jobs Jobs in the store by status (recounted at most every 30 s).\n\
+                     # TYPE compositions_jobs_jobs gauge\n",
+                );
+                for status in ["PENDING", "DONE", "FAILED"] {
+                    let count = counts
+                        .iter()
+                        .find(|(s, _)| s == status)
+                        .map_or(0, |(_, count)| *count);
+                    out.push_str(&format!(
+                        "compositions_jobs_jobs{{status=\"{status}\"}} {count}\n"
+                    ));
+                }
+            }
+            None => tracing::warn!("could not count the jobs by status"),
+        }
         metrics::gauge(
             &mut out,
             "compositions_jobs_requests_in_flight",
@@ -155,6 +210,25 @@ impl Admin {
             );
         }
         out
+    }
+}
+
+impl Admin {
+    /// The count of jobs by status, reused for `JOB_COUNT_MAX_AGE`; `None` when
+    /// the store cannot say within the readiness deadline.
+    async fn jobs_by_status(&self) -> Option<Vec<(String, u64)>> {
+        let mut counted = self.jobs_counted.lock().await;
+        if let Some((at, counts)) = counted.as_ref()
+            && at.elapsed() < JOB_COUNT_MAX_AGE
+        {
+            return Some(counts.clone());
+        }
+        let counts = tokio::time::timeout(READY_DEADLINE, self.store.count_by_status())
+            .await
+            .ok()?
+            .ok()?;
+        *counted = Some((Instant::now(), counts.clone()));
+        Some(counts)
     }
 }
 

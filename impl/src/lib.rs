@@ -183,6 +183,7 @@ pub async fn start_server(
         limits: app.limits(),
         authenticator,
         shutdown: shutdown_rx.clone(),
+        jobs_counted: tokio::sync::Mutex::new(None),
     });
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, admin, admin_stop_rx));

@@ -7,6 +7,7 @@
 //! only while someone waits for its job, so memory follows the waiters.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -20,6 +21,50 @@ use super::cache::JobCache;
 pub struct Changes {
     signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     cache: JobCache,
+    reads: StoreReads,
+}
+
+/// The polling path's reads that reached the database (the read cache's misses),
+/// for `/metrics`: how many, how many failed, and how long they took.
+#[derive(Debug, Default)]
+pub struct StoreReads {
+    /// Per bucket of [`STORE_READ_BUCKETS`], then beyond.
+    buckets: [AtomicU64; STORE_READ_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Upper bounds of the store read histogram, in seconds.
+pub const STORE_READ_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+
+impl StoreReads {
+    /// Counts one read of `took`, failed or not.
+    pub fn record(&self, took: std::time::Duration, ok: bool) {
+        let seconds = took.as_secs_f64();
+        let bucket = STORE_READ_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(STORE_READ_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count per bucket (not cumulative), the total seconds, and the failures.
+    pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let seconds = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, seconds, self.errors.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for Changes {
@@ -46,7 +91,13 @@ impl Changes {
         Self {
             signals: Mutex::default(),
             cache,
+            reads: StoreReads::default(),
         }
+    }
+
+    /// The statistics of the reads that reached the database.
+    pub fn reads(&self) -> &StoreReads {
+        &self.reads
     }
 
     /// The read cache these changes keep truthful.

@@ -8,7 +8,7 @@
 //! path is a direct call without boxing.
 
 mod cache;
-mod changes;
+pub mod changes;
 mod postgres;
 mod sqlite;
 
@@ -114,6 +114,11 @@ pub trait JobStore: Send + Sync {
     /// The job `id` whoever owns it, expired or not (for operators).
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
 
+    /// How many jobs are in each status (for `/metrics`): a scan of the table.
+    fn count_by_status(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+
     /// Creates a pending job, or returns the client's pending job with the same
     /// dedup hash.
     fn create(
@@ -215,7 +220,12 @@ impl JobStore for Store {
             return Ok(answer);
         }
         let generation = cache.generation();
-        let found = dispatch!(self, store => store.find_for_client(id, client_id, now))?;
+        let started = std::time::Instant::now();
+        let found = dispatch!(self, store => store.find_for_client(id, client_id, now));
+        self.changes()
+            .reads()
+            .record(started.elapsed(), found.is_ok());
+        let found = found?;
         if let Some(job) = &found {
             cache.insert(job, generation);
         }
@@ -224,6 +234,10 @@ impl JobStore for Store {
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
         dispatch!(self, store => store.get(id))
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        dispatch!(self, store => store.count_by_status())
     }
 
     async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {

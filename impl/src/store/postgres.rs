@@ -308,6 +308,23 @@ impl JobStore for PostgresStore {
         .await
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_client("count jobs by status", async |client| {
+            let rows = client
+                .query("SELECT status, count(*) FROM jobs GROUP BY status", &[])
+                .await
+                .map_err(|e| StoreError::backend("count jobs by status", e))?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let count: i64 = row.get(1);
+                    (row.get(0), u64::try_from(count).unwrap_or_default())
+                })
+                .collect())
+        })
+        .await
+    }
+
     async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {
         new.validate()?;
         self.with_client("create a job", async |client| {

@@ -368,6 +368,24 @@ impl JobStore for SqliteStore {
         select_by_id(&self.inner.reader(), id)
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let failed = |e| StoreError::backend("count jobs by status", e);
+        let reader = self.inner.reader();
+        let mut statement = reader
+            .prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")
+            .map_err(failed)?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(failed)?;
+        rows.map(|row| {
+            row.map(|(status, count)| (status, u64::try_from(count).unwrap_or_default()))
+                .map_err(failed)
+        })
+        .collect()
+    }
+
     async fn create(&self, new: NewJob, now: Timestamp) -> Result<Created, StoreError> {
         new.validate()?;
         self.write(move |connection| {
