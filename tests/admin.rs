@@ -124,7 +124,10 @@ async fn readiness_follows_the_store() {
     }
     let metrics = scrape(&ctx).await;
     assert!(sample(&metrics, "compositions_jobs_store_pool_max") >= 1.0);
-    assert_eq!(sample(&metrics, r#"compositions_jobs_jobs{status="PENDING"}"#), 0.0);
+    assert_eq!(
+        sample(&metrics, r#"compositions_jobs_jobs{status="PENDING"}"#),
+        0.0
+    );
     // The readiness probe's read failed while the server was down, but it is not
     // the polling path's: only polls count as store reads.
     assert_eq!(

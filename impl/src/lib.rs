@@ -128,6 +128,7 @@ impl ServerHandle {
         if let Err(e) = self.admin.await {
             tracing::error!(error = %e, "the admin listener failed");
         }
+        self.store.close();
     }
 }
 

@@ -170,6 +170,14 @@ impl Store {
 }
 
 impl Store {
+    /// Closes the PostgreSQL pool at shutdown (SQLite's connections close as they
+    /// are dropped).
+    pub fn close(&self) {
+        if let Self::Postgres(store) = self {
+            store.close();
+        }
+    }
+
     /// The PostgreSQL pool's size, idle connections and limit (`None` for SQLite,
     /// whose readers are opened on demand).
     pub fn pool_status(&self) -> Option<deadpool_postgres::Status> {

@@ -88,6 +88,11 @@ impl std::fmt::Debug for PostgresStore {
 struct TimedOut(Duration);
 
 impl PostgresStore {
+    /// Closes the pool: idle connections at once, the others as they come back.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
     /// The pool's size, idle connections and limit.
     pub fn pool_status(&self) -> deadpool_postgres::Status {
         self.pool.status()
