@@ -3,13 +3,16 @@
 //! A request goes through, in order:
 //! 1. [`RequestMeta`]: the request id (the caller's `x-request-id` if sane) and
 //!    `meta.url`;
-//! 2. authentication, for paths that name an operation: a failure is answered
-//!    here with 401;
-//! 3. the generated router, which checks the scope from the spec, parses the id
+//! 2. the limits (`limits`): a place among the requests in flight (503), then
+//!    the request's shape: URI length (414), headers (431), no body on a GET
+//!    (400);
+//! 3. authentication, for paths that name an operation: a failure is kept and
+//!    becomes the 401 when the router asks for a caller;
+//! 4. the generated router, which checks the scope from the spec, parses the id
 //!    and the headers and calls [`JobsApi`]; `Prefer` and `If-None-Match` are
 //!    normalized first, so that an unreadable value is ignored (RFC 7240) instead
 //!    of refused by the router, and repeated headers count as one list;
-//! 4. the rewrite of whatever the router answered by itself (plain text or an
+//! 5. the rewrite of whatever the router answered by itself (plain text or an
 //!    empty body) into the JSON envelope. Our own answers are always JSON, so the
 //!    content type tells the two apart.
 //!
