@@ -2,7 +2,7 @@
 //!
 //! [`JobStore`] is what the HTTP layer and the CLI need and nothing more. Every
 //! backend applies the same lifecycle rules ([`crate::jobs::decide`]) inside its own
-//! transaction and reads rows through the same [`Row::into_job`], so the rules live
+//! transaction and reads rows through the same `Row::into_job`, so the rules live
 //! in one place and the SQL only persists them. [`Store`] picks the backend from
 //! the database URL; it is an enum rather than a trait object so that the hot read
 //! path is a direct call without boxing.
