@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use compositions_tests::tokens::{self, TestKey};
-use compositions_tests::{RawResponse, TestContext, job_path, raw};
+use compositions_tests::{TestContext, job_path, raw};
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -14,24 +14,6 @@ use uuid::Uuid;
 const MISSING: &str = "Authorization header is not set or doesn't contain Bearer token";
 const INVALID: &str = "Invalid access token";
 const CHALLENGE_INVALID: &str = r#"Bearer error="invalid_token""#;
-
-/// Asserts that `response` is exactly the envelope for `error` with `status`.
-fn assert_envelope(
-    ctx: &TestContext,
-    response: &RawResponse,
-    path: &str,
-    status: u16,
-    error: Value,
-) {
-    assert_eq!(
-        response.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(response.header("content-type"), Some("application/json"));
-    assert_eq!(response.json(), ctx.expected_error(response, path, error));
-}
 
 fn denied(message: &str) -> Value {
     json!({"type": "access_denied", "message": message})
@@ -43,7 +25,7 @@ async fn assert_rejected_token(ctx: &TestContext, token: &str, error: Value, cha
     let response = ctx
         .get_raw(&path, &[("Authorization", &format!("Bearer {token}"))])
         .await;
-    assert_envelope(ctx, &response, &path, 401, error);
+    ctx.assert_envelope(&response, &path, 401, error);
     assert_eq!(response.header("www-authenticate"), Some(challenge));
 }
 
@@ -64,7 +46,7 @@ async fn a_non_uuid_id_is_invalid_request_format() {
                 "rules": [{"rule": "format", "params": ["uuid"], "description": "asyncJobId must be a UUID"}],
             }],
         });
-        assert_envelope(&ctx, &response, &path, 400, error);
+        ctx.assert_envelope(&response, &path, 400, error);
     }
 }
 
@@ -79,7 +61,7 @@ async fn an_authorization_header_without_a_bearer_token_is_401() {
         "Token abc",
     ] {
         let response = ctx.get_raw(&path, &[("Authorization", value)]).await;
-        assert_envelope(&ctx, &response, &path, 401, denied(MISSING));
+        ctx.assert_envelope(&response, &path, 401, denied(MISSING));
     }
 }
 
@@ -106,7 +88,7 @@ async fn a_malformed_authorization_header_is_401_invalid_token() {
         request.extend(&value);
         request.extend(b"\r\n\r\n");
         let response = raw::send(ctx.addr, &request).await;
-        assert_envelope(&ctx, &response, &path, 401, denied(INVALID));
+        ctx.assert_envelope(&response, &path, 401, denied(INVALID));
     }
     // Two Authorization headers: which one is meant is ambiguous.
     let bearer = format!("Bearer {valid}");
@@ -116,23 +98,15 @@ async fn a_malformed_authorization_header_is_401_invalid_token() {
             &[("Authorization", &bearer), ("Authorization", &bearer)],
         )
         .await;
-    assert_envelope(&ctx, &response, &path, 401, denied(INVALID));
+    ctx.assert_envelope(&response, &path, 401, denied(INVALID));
 }
 
 #[tokio::test]
 async fn tokens_that_fail_verification_are_401_invalid_access_token() {
     let ctx = TestContext::new().await;
     let claims = tokens::claims("mis-1");
-    let with = |key: &str, value: Value| {
-        let mut claims = claims.clone();
-        claims[key] = value;
-        tokens::sign(&claims, TestKey::Rsa)
-    };
-    let without = |key: &str| {
-        let mut claims = claims.clone();
-        claims.as_object_mut().unwrap().remove(key);
-        tokens::sign(&claims, TestKey::Rsa)
-    };
+    let with = |key: &str, value: Value| tokens::with_claim("mis-1", key, value);
+    let without = |key: &str| tokens::without_claim("mis-1", key);
     let valid = tokens::valid("mis-1");
     let (head, rest) = valid.split_once('.').unwrap();
     let (_, signature) = rest.split_once('.').unwrap();
@@ -192,7 +166,7 @@ async fn a_token_without_the_scope_is_403_forbidden() {
         let response = ctx
             .get_raw(&path, &[("Authorization", &format!("Bearer {token}"))])
             .await;
-        assert_envelope(&ctx, &response, &path, 403, error.clone());
+        ctx.assert_envelope(&response, &path, 403, error.clone());
     }
 }
 
@@ -206,8 +180,7 @@ async fn an_unknown_path_is_404_without_authentication() {
         "/docs.php",
     ] {
         let response = ctx.get_raw(path, &[]).await;
-        assert_envelope(
-            &ctx,
+        ctx.assert_envelope(
             &response,
             path,
             404,
@@ -230,7 +203,7 @@ async fn a_wrong_method_is_405_with_allow() {
             &[("Authorization", &bearer), ("Content-Length", "0")],
         )
         .await;
-        assert_envelope(&ctx, &response, &path, 405, error.clone());
+        ctx.assert_envelope(&response, &path, 405, error.clone());
         assert_eq!(response.header("allow"), Some("GET"));
     }
     let response = raw::request(
@@ -240,7 +213,7 @@ async fn a_wrong_method_is_405_with_allow() {
         &[("Content-Length", "0")],
     )
     .await;
-    assert_envelope(&ctx, &response, "/openapi.yaml", 405, error);
+    ctx.assert_envelope(&response, "/openapi.yaml", 405, error);
     assert_eq!(response.header("allow"), Some("GET, HEAD"));
 }
 

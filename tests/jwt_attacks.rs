@@ -19,33 +19,6 @@ const INVALID: &str = "Invalid access token";
 const CHALLENGE_INVALID: &str = r#"Bearer error="invalid_token""#;
 const OWNER: &str = "mis-1";
 
-/// Asserts that `response` is exactly the envelope for `error` with `status`.
-fn assert_envelope(
-    ctx: &TestContext,
-    response: &RawResponse,
-    path: &str,
-    status: u16,
-    error: Value,
-    case: &str,
-) {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: body: {}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/json"),
-        "{case}"
-    );
-    assert_eq!(
-        response.json(),
-        ctx.expected_error(response, path, error),
-        "{case}"
-    );
-}
-
 fn denied(message: &str) -> Value {
     json!({"type": "access_denied", "message": message})
 }
@@ -77,7 +50,9 @@ impl Target {
     async fn assert_refused(&self, case: &str, token: &str, error: Value) {
         println!("case: {case}");
         let response = self.send(token).await;
-        assert_envelope(&self.ctx, &response, &self.path, 401, error, case);
+        // Printed, so that a failing assertion below names its case.
+        eprintln!("case: {case}");
+        self.ctx.assert_envelope(&response, &self.path, 401, error);
         assert_eq!(
             response.header("www-authenticate"),
             Some(CHALLENGE_INVALID),
@@ -286,17 +261,8 @@ async fn key_urls_and_embedded_keys_in_the_header_are_never_used() {
 #[tokio::test]
 async fn expired_early_and_foreign_tokens_are_refused() {
     let target = Target::new().await;
-    let claims = tokens::claims(OWNER);
-    let with = |key: &str, value: Value| {
-        let mut claims = claims.clone();
-        claims[key] = value;
-        tokens::sign(&claims, TestKey::Rsa)
-    };
-    let without = |key: &str| {
-        let mut claims = claims.clone();
-        claims.as_object_mut().unwrap().remove(key);
-        tokens::sign(&claims, TestKey::Rsa)
-    };
+    let with = |key: &str, value: Value| tokens::with_claim(OWNER, key, value);
+    let without = |key: &str| tokens::without_claim(OWNER, key);
     let now = tokens::now();
     // Beyond the 30 s leeway either way.
     for (case, token) in [

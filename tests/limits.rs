@@ -9,26 +9,9 @@ use std::time::{Duration, Instant};
 
 use compositions_tests::tokens;
 use compositions_tests::{RawResponse, TestContext, job_path, raw};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn assert_envelope(
-    ctx: &TestContext,
-    response: &RawResponse,
-    path: &str,
-    status: u16,
-    error: Value,
-) {
-    assert_eq!(
-        response.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(response.header("content-type"), Some("application/json"));
-    assert_eq!(response.json(), ctx.expected_error(response, path, error));
-}
 
 /// `count` headers, each `x-filler-N: <value>`, on top of the bearer token.
 fn filler(count: usize, value: &str) -> Vec<(String, String)> {
@@ -73,7 +56,7 @@ async fn headers_just_over_the_count_or_the_bytes_get_431() {
     assert_eq!(get_with(&ctx, &path, &filler(17, "x")).await.status, 200);
     let over = get_with(&ctx, &path, &filler(19, "x")).await;
     let error = json!({"type": "request_header_fields_too_large", "message": "Request header fields too large"});
-    assert_envelope(&ctx, &over, &path, 431, error.clone());
+    ctx.assert_envelope(&over, &path, 431, error.clone());
 
     // Bytes: the token is about 700 bytes; fill up to just under and just over.
     let token_bytes = "authorization".len() + "Bearer ".len() + tokens::valid("mis-1").len();
@@ -86,7 +69,7 @@ async fn headers_just_over_the_count_or_the_bytes_get_431() {
         200
     );
     let over = get_with(&ctx, &path, &filler(1, &"a".repeat(room + 1))).await;
-    assert_envelope(&ctx, &over, &path, 431, error);
+    ctx.assert_envelope(&over, &path, 431, error);
 }
 
 #[tokio::test]
@@ -98,8 +81,7 @@ async fn a_uri_just_over_the_limit_gets_414() {
     let over = format!("{within}q");
     let response = get_with(&ctx, &over, &[]).await;
     // meta.url is the path without the query.
-    assert_envelope(
-        &ctx,
+    ctx.assert_envelope(
         &response,
         &path,
         414,
@@ -124,7 +106,7 @@ async fn a_get_with_a_body_is_refused() {
             ctx.addr
         );
         let response = raw::send(ctx.addr, request.as_bytes()).await;
-        assert_envelope(&ctx, &response, &path, 400, error.clone());
+        ctx.assert_envelope(&response, &path, 400, error.clone());
     }
     // An empty body declared as such is no body.
     let request = format!(
@@ -156,8 +138,7 @@ async fn requests_just_over_the_in_flight_limit_get_503() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shed = ctx.get_raw(&path, &[("Authorization", &token)]).await;
-    assert_envelope(
-        &ctx,
+    ctx.assert_envelope(
         &shed,
         &path,
         503,

@@ -106,26 +106,14 @@ impl Admin {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&mut out);
         let (buckets, seconds, errors) = self.store.changes().reads().snapshot();
-        out.push_str(
-            "# HELP compositions_jobs_store_read_duration_seconds Reads of the polling path that reached the database.\n\
-             # TYPE compositions_jobs_store_read_duration_seconds histogram\n",
+        metrics::histogram(
+            &mut out,
+            "compositions_jobs_store_read_duration_seconds",
+            "Reads of the polling path that reached the database.",
+            &STORE_READ_BUCKETS,
+            &buckets,
+            seconds,
         );
-        let mut cumulative = 0;
-        for (count, bound) in buckets.iter().zip(
-            STORE_READ_BUCKETS
-                .iter()
-                .map(f64::to_string)
-                .chain(["+Inf".to_owned()]),
-        ) {
-            cumulative += count;
-            out.push_str(&format!(
-                "compositions_jobs_store_read_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
-            ));
-        }
-        out.push_str(&format!(
-            "compositions_jobs_store_read_duration_seconds_sum {seconds}\n\
-             compositions_jobs_store_read_duration_seconds_count {cumulative}\n"
-        ));
         metrics::counter(
             &mut out,
             "compositions_jobs_store_read_errors_total",

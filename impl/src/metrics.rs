@@ -67,11 +67,7 @@ impl Metrics {
             .iter()
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len());
-        let seconds = latency.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(BUCKETS.len());
+        let bucket = bucket_of(&BUCKETS, latency);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.with_shard(|shard| {
             shard.requests[named][index].fetch_add(1, Ordering::Relaxed);
@@ -122,33 +118,49 @@ impl Metrics {
                 );
             }
         }
-        out.push_str(
-            "# HELP compositions_jobs_request_duration_seconds Time from reading a request to answering it.\n\
-             # TYPE compositions_jobs_request_duration_seconds histogram\n",
-        );
-        let mut cumulative = 0;
-        for (index, bound) in BUCKETS.iter().enumerate() {
-            cumulative += sum(&|s| s.buckets[index].load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "compositions_jobs_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        cumulative += sum(&|s| s.buckets[BUCKETS.len()].load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "compositions_jobs_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-        );
+        let counts: Vec<u64> = (0..=BUCKETS.len())
+            .map(|index| sum(&|s| s.buckets[index].load(Ordering::Relaxed)))
+            .collect();
         let seconds = sum(&|s| s.latency_sum_us.load(Ordering::Relaxed)) as f64 / 1e6;
-        let _ = writeln!(
+        histogram(
             out,
-            "compositions_jobs_request_duration_seconds_sum {seconds}"
-        );
-        let _ = writeln!(
-            out,
-            "compositions_jobs_request_duration_seconds_count {cumulative}"
+            "compositions_jobs_request_duration_seconds",
+            "Time from reading a request to answering it.",
+            &BUCKETS,
+            &counts,
+            seconds,
         );
     }
+}
+
+/// The bucket `took` falls in: the first bound (in seconds) it does not exceed,
+/// or `bounds.len()` beyond them all.
+pub fn bucket_of(bounds: &[f64], took: Duration) -> usize {
+    let seconds = took.as_secs_f64();
+    bounds
+        .iter()
+        .position(|&bound| seconds <= bound)
+        .unwrap_or(bounds.len())
+}
+
+/// Writes a histogram from its count per bucket (not cumulative; one more than
+/// `bounds`, for +Inf) and the sum of the observations in seconds.
+pub fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    sum_seconds: f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let bounds = bounds.iter().map(f64::to_string).chain(["+Inf".to_owned()]);
+    let mut cumulative = 0;
+    for (count, bound) in counts.iter().zip(bounds) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_sum {sum_seconds}\n{name}_count {cumulative}");
 }
 
 /// Writes one gauge with its help line.

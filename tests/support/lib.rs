@@ -177,6 +177,25 @@ impl TestContext {
         raw::request(self.addr, "GET", path, headers).await
     }
 
+    /// Asserts that `response` is exactly the envelope for `error` with
+    /// `status`, as JSON.
+    pub fn assert_envelope(
+        &self,
+        response: &RawResponse,
+        path: &str,
+        status: u16,
+        error: serde_json::Value,
+    ) {
+        assert_eq!(
+            response.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(response.header("content-type"), Some("application/json"));
+        assert_eq!(response.json(), self.expected_error(response, path, error));
+    }
+
     /// The envelope this service must send for an error on `path`, given the
     /// response's own request id.
     pub fn expected_error(

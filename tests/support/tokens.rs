@@ -69,6 +69,20 @@ pub fn sign_with_header(claims: &Value, key: TestKey, alg: Algorithm, kid: Optio
     jsonwebtoken::encode(&header, claims, &encoding_key(key)).unwrap()
 }
 
+/// A valid RS256 token for `client_id`, but with claim `key` set to `value`.
+pub fn with_claim(client_id: &str, key: &str, value: Value) -> String {
+    let mut claims = claims(client_id);
+    claims[key] = value;
+    sign(&claims, TestKey::Rsa)
+}
+
+/// A valid RS256 token for `client_id`, but without claim `key`.
+pub fn without_claim(client_id: &str, key: &str) -> String {
+    let mut claims = claims(client_id);
+    claims.as_object_mut().unwrap().remove(key);
+    sign(&claims, TestKey::Rsa)
+}
+
 /// A valid RS256 token for `client_id`.
 pub fn valid(client_id: &str) -> String {
     sign(&claims(client_id), TestKey::Rsa)

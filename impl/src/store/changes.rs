@@ -42,11 +42,7 @@ pub const STORE_READ_BUCKETS: [f64; 10] = [
 impl StoreReads {
     /// Counts one read of `took`, failed or not.
     pub fn record(&self, took: std::time::Duration, ok: bool) {
-        let seconds = took.as_secs_f64();
-        let bucket = STORE_READ_BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(STORE_READ_BUCKETS.len());
+        let bucket = crate::metrics::bucket_of(&STORE_READ_BUCKETS, took);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
