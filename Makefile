@@ -22,14 +22,21 @@ run:
 ## test: everything CI checks
 test: fmt-check lint unit validate-spec check-generated check-docs docs-test contract drift
 
+# fuzz/ is a workspace of its own (cargo-fuzz builds it on nightly); it is
+# formatted and linted on stable like the rest of our code.
+FUZZ   := --manifest-path fuzz/Cargo.toml
+
 fmt:
 	$(CARGO) fmt $(OURS)
+	$(CARGO) fmt $(FUZZ)
 
 fmt-check:
 	$(CARGO) fmt $(OURS) --check
+	$(CARGO) fmt $(FUZZ) --check
 
 lint:
 	$(CARGO) clippy $(OURS) --all-targets -- -D warnings
+	$(CARGO) clippy $(FUZZ) --all-targets --locked -- -D warnings
 
 unit:
 	@[ -n "$$COMPOSITIONS_TEST_DATABASE_URL" ] || echo "COMPOSITIONS_TEST_DATABASE_URL is unset: skipping the PostgreSQL tests"

@@ -138,7 +138,14 @@ async fn readiness_follows_the_store() {
 
 #[tokio::test]
 async fn metrics_count_what_was_served() {
-    let ctx = TestContext::new().await;
+    // The job is created through another connection, which the server's read
+    // cache learns of at its next change check: none comes during this test,
+    // and nothing expires, so exactly one poll reads the database.
+    let ctx = TestContext::with_config(|c| {
+        c.polling.change_check_interval = Duration::from_secs(3600);
+        c.jobs.read_cache_max_age = Duration::from_secs(3600);
+    })
+    .await;
     let id = ctx.create_job("mis-1").await.id;
     let token = format!("Bearer {}", tokens::valid("mis-1"));
     for _ in 0..5 {

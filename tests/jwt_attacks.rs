@@ -516,6 +516,29 @@ async fn duplicate_header_parameters_are_refused() {
     target.assert_valid_still_works().await;
 }
 
+/// RFC 7515 §4.1.11: a `crit` header names extensions the verifier must
+/// understand; this one understands none, so a validly signed token with it is
+/// refused, whatever it lists.
+#[tokio::test]
+async fn critical_header_extensions_are_refused() {
+    let target = Target::new().await;
+    let claims = tokens::claims(OWNER).to_string();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "test-rsa", "x-policy": "strict"});
+    // The control: the same header without `crit` is fine.
+    let token = tokens::sign_raw(&header.to_string(), &claims, TestKey::Rsa);
+    assert_eq!(target.send(&token).await.status, 200);
+    for (case, crit) in [
+        ("an unknown extension", json!(["x-policy"])),
+        ("b64, which changes what is signed", json!(["b64"])),
+        ("an empty list", json!([])),
+    ] {
+        let mut header = header.clone();
+        header["crit"] = crit;
+        let token = tokens::sign_raw(&header.to_string(), &claims, TestKey::Rsa);
+        target.assert_invalid(case, &token).await;
+    }
+}
+
 /// The same hostile token twice is refused twice (the second time from the
 /// verifier's memory of refusals) and never spoils the answer for a good one.
 #[tokio::test]

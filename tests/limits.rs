@@ -1,12 +1,15 @@
 //! The limits on hostile input, each sent just over (and just within) its line:
 //! header count and bytes, URI length, a GET with a body, requests in flight,
-//! connections, and the header-read timeout against slowloris.
+//! connections, the header-read timeout against slowloris and the keep-alive
+//! timeout; and the requests hyper refuses by itself, in the same envelope.
 
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use compositions_jobs::config::HttpConfig;
+use compositions_jobs::http::Limits;
 use compositions_tests::tokens;
 use compositions_tests::{RawResponse, TestContext, job_path, raw};
 use serde_json::json;
@@ -207,9 +210,13 @@ async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 }
 
 #[tokio::test]
-async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_timeout() {
+async fn a_slow_request_head_is_cut_after_the_header_read_timeout() {
     let timeout = Duration::from_secs(1);
-    let ctx = TestContext::with_config(|c| c.http.header_read_timeout = timeout).await;
+    let ctx = TestContext::with_config(|c| {
+        c.http.header_read_timeout = timeout;
+        c.http.keep_alive_timeout = timeout * 3;
+    })
+    .await;
     let path = job_path(ctx.create_job("mis-1").await.id);
 
     // Slowloris: a request line and one header, then nothing.
@@ -227,8 +234,8 @@ async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_time
         String::from_utf8_lossy(&received)
     );
     assert!(
-        took >= timeout - Duration::from_millis(100),
-        "closed too early: {took:?}"
+        took >= timeout - Duration::from_millis(100) && took < timeout * 2,
+        "closed after {took:?}, not the header-read timeout"
     );
 
     // Just within: the last header line arrives before the deadline.
@@ -249,29 +256,73 @@ async fn slow_headers_and_idle_connections_are_closed_after_the_header_read_time
         "{}",
         String::from_utf8_lossy(&received)
     );
-
-    // Keep-alive: an idle connection is closed after the same time.
-    let mut idle = connect_and_send(
-        ctx.addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await;
-    let started = Instant::now();
-    let received = read_until_closed(&mut idle, timeout * 4).await;
-    assert!(received.starts_with(b"HTTP/1.1 200"));
-    let took = started.elapsed();
-    assert!(
-        took >= timeout - Duration::from_millis(100),
-        "closed too early: {took:?}"
-    );
 }
 
 #[tokio::test]
-async fn a_long_poll_outlives_the_header_read_timeout() {
-    // The timer covers reading headers, never a request being answered.
-    let ctx =
-        TestContext::with_config(|c| c.http.header_read_timeout = Duration::from_secs(1)).await;
+async fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
+    // Longer than the header-read timeout, to tell the two clocks apart.
+    let (header_read, keep_alive) = (Duration::from_millis(500), Duration::from_secs(2));
+    let ctx = TestContext::with_config(|c| {
+        c.http.header_read_timeout = header_read;
+        c.http.keep_alive_timeout = keep_alive;
+    })
+    .await;
+    let path = job_path(ctx.create_job("mis-1").await.id);
+    let token = tokens::valid("mis-1");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let mut buffer = vec![0u8; 8192];
+
+    // Just within: idle for longer than the header-read timeout, then a request,
+    // whose head has its own clock from its first byte.
+    let mut kept = connect_and_send(ctx.addr, request.as_bytes()).await;
+    let n = kept.read(&mut buffer).await.unwrap();
+    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(keep_alive - Duration::from_millis(500)).await;
+    kept.write_all(request.as_bytes()).await.unwrap();
+    let n = kept.read(&mut buffer).await.unwrap();
+    assert!(
+        buffer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buffer[..n])
+    );
+
+    // Just over: idle past the keep-alive timeout, the connection is closed
+    // cleanly (no answer), counting from the end of the last response.
+    let started = Instant::now();
+    let received = read_until_closed(&mut kept, keep_alive * 2).await;
+    let took = started.elapsed();
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        took >= keep_alive - Duration::from_millis(100)
+            && took < keep_alive + Duration::from_secs(1),
+        "closed after {took:?}, not the keep-alive timeout"
+    );
+
+    // A connection that never sends anything is idle too.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(ctx.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, keep_alive * 2)
+            .await
+            .is_empty()
+    );
+    assert!(started.elapsed() >= keep_alive - Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_long_poll_outlives_both_connection_timeouts() {
+    // The clocks cover reading a head and waiting for one, never a request
+    // being answered.
+    let ctx = TestContext::with_config(|c| {
+        c.http.header_read_timeout = Duration::from_secs(1);
+        c.http.keep_alive_timeout = Duration::from_secs(1);
+    })
+    .await;
     let path = job_path(ctx.create_job("mis-1").await.id);
     let token = format!("Bearer {}", tokens::valid("mis-1"));
     let started = Instant::now();
@@ -281,4 +332,60 @@ async fn a_long_poll_outlives_the_header_read_timeout() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("preference-applied"), Some("wait=3"));
     assert!(started.elapsed() >= Duration::from_millis(2900));
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_by_itself_get_the_envelope() {
+    let ctx = TestContext::new().await;
+    let malformed = json!({"type": "request_malformed", "message": "Malformed HTTP request"});
+    let too_large = json!({"type": "request_header_fields_too_large", "message": "Request header fields too large"});
+    let uri_too_long = json!({"type": "uri_too_long", "message": "Request URI too long"});
+    let many_headers: String = (0..101).map(|i| format!("x-{i}: a\r\n")).collect();
+    // hyper's buffer is sized from the limits; a head that fills it unfinished.
+    let buffer = Limits::new(&HttpConfig::default()).hyper_max_buf_size();
+    let unfinished = format!("GET / HTTP/1.1\r\nx-big: {}", "a".repeat(buffer));
+    let cases = [
+        (
+            "a header line without a colon",
+            "GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n".to_owned(),
+            400,
+            &malformed,
+        ),
+        (
+            "a control byte in the method",
+            "G\u{1}T / HTTP/1.1\r\n\r\n".to_owned(),
+            400,
+            &malformed,
+        ),
+        (
+            "an unknown HTTP version",
+            "GET / HTTP/3.0\r\n\r\n".to_owned(),
+            400,
+            &malformed,
+        ),
+        (
+            "more headers than hyper parses",
+            format!("GET / HTTP/1.1\r\n{many_headers}\r\n"),
+            431,
+            &too_large,
+        ),
+        (
+            "a head past hyper's buffer",
+            unfinished[..buffer].to_owned(),
+            431,
+            &too_large,
+        ),
+        (
+            "a URI past what hyper holds",
+            format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(70_000)),
+            414,
+            &uri_too_long,
+        ),
+    ];
+    for (case, request, status, error) in cases {
+        let response = raw::send(ctx.addr, request.as_bytes()).await;
+        assert_eq!(response.status, status, "{case}");
+        assert_eq!(response.header("connection"), Some("close"), "{case}");
+        ctx.assert_envelope(&response, "/", status, error.clone());
+    }
 }

@@ -9,7 +9,9 @@ pub const AUDIENCE: &str = "compositions-jobs";
 pub const CLIENT: &str = "mis-fuzz";
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 /// JWT mode with the committed test key set.

@@ -150,11 +150,13 @@ pub struct PostgresConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// How long a client may take to send the request headers, counted from the
-    /// end of the previous response on a kept-alive connection: so it is also how
-    /// long an idle connection stays open.
+    /// How long a client may take to send a request head, from its first byte
+    /// (the slowloris guard).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -244,6 +246,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             shutdown_timeout: Duration::from_secs(10),
             max_headers: 64,
             max_header_bytes: 32 * 1024,
@@ -331,6 +334,7 @@ impl Config {
             ("jobs.ttl", self.jobs.ttl),
             ("jobs.purge_interval", self.jobs.purge_interval),
             ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.keep_alive_timeout", self.http.keep_alive_timeout),
             ("postgres.acquire_timeout", self.postgres.acquire_timeout),
             ("postgres.connect_timeout", self.postgres.connect_timeout),
             ("postgres.query_timeout", self.postgres.query_timeout),

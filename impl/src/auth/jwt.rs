@@ -4,7 +4,9 @@
 //! bound at load time to exactly one algorithm (RS256 for RSA, EdDSA for Ed25519),
 //! and a token whose header names another is refused. That closes `alg: none` and
 //! the HS256-signed-with-the-RSA-public-key confusion. Keys are picked by `kid`
-//! only; `jku`, `x5u` and embedded keys in the token header are ignored.
+//! only; `jku`, `x5u` and embedded keys in the token header are ignored. A header
+//! with `crit` is refused: it names extensions this verifier would have to
+//! understand, and it understands none.
 //!
 //! A payload that names a claim twice is refused: JSON parsers disagree on which
 //! of the two counts, so such a token means different things to different
@@ -279,6 +281,11 @@ impl JwtVerifier {
             .ok_or_else(|| AuthError::invalid("the token is not ASCII"))?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| rejected("malformed token", e))?;
+        // RFC 7515 §4.1.11: extensions listed as critical must be understood, and
+        // this verifier understands none.
+        if header.crit.is_some() {
+            return Err(AuthError::invalid("critical header extensions (crit)"));
+        }
         let kid = header
             .kid
             .ok_or_else(|| AuthError::invalid("no kid in the token header"))?;

@@ -37,6 +37,9 @@ pub enum RequestError {
         /// The bytes of their names and values.
         bytes: usize,
     },
+    /// hyper could not parse the request, and refused it before the service saw it.
+    #[error("unparsable request: {0:?}")]
+    Unparsable(Unparsable),
     /// This instance is at its limit of connections or requests in flight.
     #[error("overloaded: at the limit of {limit} {what}")]
     Overloaded {
@@ -78,4 +81,15 @@ pub enum RequestError {
     /// The generated router failed in a way the contract does not describe.
     #[error("the generated router failed: {0}")]
     Router(String),
+}
+
+/// Why hyper refused a request by itself (see `conn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unparsable {
+    /// Not HTTP/1.x syntax: the request line or a header line.
+    Malformed,
+    /// A request target longer than hyper can hold.
+    UriTooLong,
+    /// A head past hyper's buffer, or more headers than it parses.
+    HeadTooLarge,
 }

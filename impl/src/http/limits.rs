@@ -4,7 +4,8 @@
 //! and no body. So hyper is configured with room to spare ([`Limits::hyper_max_headers`],
 //! [`Limits::hyper_max_buf_size`]) and the service's limits are checked here, below
 //! hyper's, where the answer can be the contract's envelope: a request just over
-//! a limit gets 414 or 431 in JSON; only one far beyond it meets hyper's bare 431.
+//! a limit gets 414 or 431 in JSON; one far beyond it is refused by hyper, whose
+//! answer `conn` puts in the same envelope.
 //!
 //! Load is shed, not queued: past `max_in_flight` requests or `max_connections`
 //! connections, the answer is 503 with `Retry-After`, so callers (and load
@@ -12,6 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Method, Request};
@@ -34,6 +36,8 @@ pub struct Limits {
     max_uri_bytes: usize,
     max_in_flight: usize,
     max_connections: usize,
+    header_read_timeout: Duration,
+    keep_alive_timeout: Duration,
     in_flight: AtomicUsize,
     connections: AtomicUsize,
     shedding: AtomicUsize,
@@ -48,6 +52,8 @@ impl Limits {
             max_uri_bytes: config.max_uri_bytes,
             max_in_flight: config.max_in_flight,
             max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            keep_alive_timeout: config.keep_alive_timeout,
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             shedding: AtomicUsize::new(0),
@@ -66,6 +72,16 @@ impl Limits {
         (self.max_header_bytes + self.max_uri_bytes)
             .saturating_mul(2)
             .saturating_add(8192)
+    }
+
+    /// How long a request head may take, from its first byte.
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// How long a connection may stay open with no request in flight.
+    pub fn keep_alive_timeout(&self) -> Duration {
+        self.keep_alive_timeout
     }
 
     /// Whether the request's shape is within the limits: URI length, header

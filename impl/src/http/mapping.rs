@@ -22,7 +22,7 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 
 use super::context::RequestMeta;
-use super::error::RequestError;
+use super::error::{RequestError, Unparsable};
 use crate::auth::AuthError;
 use crate::jobs::{DEFAULT_ENTITY, Failure, Job, Link, State, Status};
 use crate::polling::{self, Answer};
@@ -108,15 +108,25 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
             "request_malformed",
             "A GET request takes no body".into(),
         )),
-        RequestError::UriTooLong { .. } => R::UriTooLong(envelope(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            "Request URI too long".into(),
-        )),
-        RequestError::HeadersTooLarge { .. } => R::RequestHeaderFieldsTooLarge(envelope(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "request_header_fields_too_large",
-            "Request header fields too large".into(),
+        RequestError::UriTooLong { .. } | RequestError::Unparsable(Unparsable::UriTooLong) => {
+            R::UriTooLong(envelope(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                "Request URI too long".into(),
+            ))
+        }
+        RequestError::HeadersTooLarge { .. }
+        | RequestError::Unparsable(Unparsable::HeadTooLarge) => {
+            R::RequestHeaderFieldsTooLarge(envelope(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+                "Request header fields too large".into(),
+            ))
+        }
+        RequestError::Unparsable(Unparsable::Malformed) => R::InvalidRequestFormat(envelope(
+            StatusCode::BAD_REQUEST,
+            "request_malformed",
+            "Malformed HTTP request".into(),
         )),
         // Shedding load: the next try may well succeed, here or elsewhere.
         RequestError::Overloaded { .. } => R::ServiceUnavailable {

@@ -1,5 +1,9 @@
 //! HTTP: the generated router, the layers around it, and the accept loop.
 //!
+//! Under everything, each connection's bytes pass through `conn`, which keeps
+//! its keep-alive and header-read clocks and puts hyper's own refusals of
+//! unparsable requests into the envelope.
+//!
 //! A request goes through, in order:
 //! 1. [`RequestMeta`]: the request id (the caller's `x-request-id` if sane) and
 //!    `meta.url`;
@@ -21,6 +25,7 @@
 //! id. Never a credential: the token stays in the request.
 
 mod api;
+mod conn;
 mod context;
 mod error;
 mod limiter;
@@ -45,7 +50,7 @@ use hyper::header::{
     IF_NONE_MATCH,
 };
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use swagger::RequestParser;
 use tokio::net::TcpListener;
@@ -60,6 +65,8 @@ pub use limits::Limits;
 use crate::auth::{AuthError, Authenticator};
 use crate::config::HttpConfig;
 use crate::metrics::Metrics;
+use conn::{Clock, ConnIo};
+use error::Unparsable;
 use limits::Connection;
 use mapping::Body;
 
@@ -155,18 +162,32 @@ impl App {
     fn shed(&self, request: &Request<Incoming>) -> Response<Body> {
         let meta = self.meta(request);
         let response = reject(self.inner.limits.overloaded_connections(), &meta);
-        finish(&self.inner, response, &meta, request.method(), None, None)
+        finish(
+            &self.inner,
+            response,
+            &meta,
+            request.method().as_str(),
+            None,
+            None,
+        )
     }
-}
 
-impl hyper::service::Service<Request<Incoming>> for App {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    /// The answer, in the envelope, to a request hyper refused by itself.
+    fn refusal(&self, refusal: Unparsable) -> Response<Body> {
+        let meta = RequestMeta::new(
+            &HeaderMap::new(),
+            &Uri::from_static("/"),
+            self.inner.public_url.as_deref(),
+            self.inner.local_addr,
+        );
+        let response = reject(RequestError::Unparsable(refusal), &meta);
+        finish(&self.inner, response, &meta, "-", None, None)
+    }
 
     /// Everything before the router runs here, synchronously, so that the request
-    /// moves straight into the router instead of through layers of futures.
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    /// moves straight into the router instead of through layers of futures. The
+    /// connection's `clock` learns when the answer is ready.
+    fn call(&self, request: Request<Incoming>, clock: &Arc<Clock>) -> ServiceFuture {
         let meta = self.meta(&request);
         let method = request.method().clone();
         let admitted = self
@@ -178,13 +199,15 @@ impl hyper::service::Service<Request<Incoming>> for App {
             Ok(admitted) => admitted,
             Err(e) => {
                 let response = reject(e, &meta);
-                let response = finish(&self.inner, response, &meta, &method, None, None);
+                let response = finish(&self.inner, response, &meta, method.as_str(), None, None);
+                clock.idle();
                 return Box::pin(std::future::ready(Ok(response)));
             }
         };
         match self.inner.route(request, &meta) {
             Routed::Answered(response) => {
-                let response = finish(&self.inner, response, &meta, &method, None, None);
+                let response = finish(&self.inner, response, &meta, method.as_str(), None, None);
+                clock.idle();
                 Box::pin(std::future::ready(Ok(response)))
             }
             Routed::Router {
@@ -193,6 +216,7 @@ impl hyper::service::Service<Request<Incoming>> for App {
                 refusal,
             } => {
                 let inner = Arc::clone(&self.inner);
+                let clock = Arc::clone(clock);
                 Box::pin(async move {
                     let _admitted = admitted;
                     let (response, operation) = match answer.await {
@@ -210,12 +234,45 @@ impl hyper::service::Service<Request<Incoming>> for App {
                         Err(e) => (reject(RequestError::Router(e.to_string()), &meta), None),
                     };
                     let client_id = meta.caller().map(|caller| caller.client_id.as_str());
-                    Ok(finish(
-                        &inner, response, &meta, &method, operation, client_id,
-                    ))
+                    let response = finish(
+                        &inner,
+                        response,
+                        &meta,
+                        method.as_str(),
+                        operation,
+                        client_id,
+                    );
+                    clock.idle();
+                    Ok(response)
                 })
             }
         }
+    }
+}
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// The application as one connection sees it: with the connection's clock, and
+/// only a 503 if the connection is past `http.max_connections`.
+struct Served {
+    app: App,
+    clock: Arc<Clock>,
+    shed: bool,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Served {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.clock.busy();
+        if self.shed {
+            let response = self.app.shed(&request);
+            self.clock.idle();
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+        self.app.call(request, &self.clock)
     }
 }
 
@@ -280,7 +337,7 @@ fn finish(
     inner: &AppInner,
     mut response: Response<Body>,
     meta: &RequestMeta,
-    method: &Method,
+    method: &str,
     operation: Option<&str>,
     client_id: Option<&str>,
 ) -> Response<Body> {
@@ -299,7 +356,7 @@ fn finish(
     tracing::info!(
         target: "access",
         request_id = meta.request_id.0.as_str(),
-        method = method.as_str(),
+        method,
         operation = operation.unwrap_or("-"),
         status = response.status().as_u16(),
         latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -463,9 +520,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let limits = Arc::clone(&app.inner.limits);
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // The connection's own clocks time it (`conn`), not hyper's one timer.
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(limits.hyper_max_buf_size());
     if let Some(max_headers) = limits.hyper_max_headers() {
         builder.max_headers(max_headers);
@@ -486,20 +543,11 @@ pub async fn serve(
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    let io = TokioIo::new(stream);
-                    if shed {
-                        let app = app.clone();
-                        let service = hyper::service::service_fn(move |request| {
-                            std::future::ready(Ok::<_, Infallible>(app.shed(&request)))
-                        });
-                        let connection = graceful.watch(shedding.serve_connection(io, service));
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            let _ = connection.await;
-                        });
-                        continue;
-                    }
-                    let connection = graceful.watch(builder.serve_connection(io, app.clone()));
+                    let clock = Arc::new(Clock::new());
+                    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&clock), app.clone()));
+                    let served = Served { app: app.clone(), clock, shed };
+                    let builder = if shed { &shedding } else { &builder };
+                    let connection = graceful.watch(builder.serve_connection(io, served));
                     tokio::spawn(async move {
                         let _slot = slot;
                         if let Err(e) = connection.await {
