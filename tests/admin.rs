@@ -7,29 +7,9 @@ use std::time::{Duration, Instant};
 
 use compositions_jobs::config::DatabaseUrl;
 use compositions_tests::postgres::PrivateServer;
-use compositions_tests::{TestContext, job_path, raw, tokens};
+use compositions_tests::{TestContext, job_path, raw, sample, tokens};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// The value of the sample `name` (with its labels) in a scrape.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} not in:\n{metrics}"))
-        .parse()
-        .unwrap()
-}
-
-async fn scrape(ctx: &TestContext) -> String {
-    let response = raw::request(ctx.admin_addr(), "GET", "/metrics", &[]).await;
-    assert_eq!(response.status, 200);
-    assert_eq!(
-        response.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
-    String::from_utf8(response.body).unwrap()
-}
 
 #[tokio::test]
 async fn live_and_ready_on_the_admin_listener_only() {
@@ -122,7 +102,7 @@ async fn readiness_follows_the_store() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = scrape(&ctx).await;
+    let metrics = ctx.metrics().await;
     assert!(sample(&metrics, "compositions_jobs_store_pool_max") >= 1.0);
     assert_eq!(
         sample(&metrics, r#"compositions_jobs_jobs{status="PENDING"}"#),
@@ -172,7 +152,7 @@ async fn metrics_count_what_was_served() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let metrics = scrape(&ctx).await;
+    let metrics = ctx.metrics().await;
     let ok = r#"compositions_jobs_requests_total{operation="getAsyncJobStatus",status="200"}"#;
     assert_eq!(sample(&metrics, ok), 5.0);
     let unknown = r#"compositions_jobs_requests_total{operation="none",status="404"}"#;
@@ -226,7 +206,7 @@ async fn metrics_count_what_was_served() {
     );
 
     assert_eq!(waiting.await.unwrap().status, 200);
-    let metrics = scrape(&ctx).await;
+    let metrics = ctx.metrics().await;
     assert_eq!(
         sample(&metrics, "compositions_jobs_requests_in_flight"),
         0.0

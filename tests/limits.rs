@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use compositions_jobs::config::HttpConfig;
 use compositions_jobs::http::Limits;
 use compositions_tests::tokens;
-use compositions_tests::{RawResponse, TestContext, job_path, raw};
+use compositions_tests::{RawResponse, TestContext, job_path, raw, sample};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -237,6 +237,8 @@ async fn a_slow_request_head_is_cut_after_the_header_read_timeout() {
         took >= timeout - Duration::from_millis(100) && took < timeout * 2,
         "closed after {took:?}, not the header-read timeout"
     );
+    let cut = r#"compositions_jobs_connections_timed_out_total{reason="header_read"}"#;
+    assert_eq!(sample(&ctx.metrics().await, cut), 1.0);
 
     // Just within: the last header line arrives before the deadline.
     let token = tokens::valid("mis-1");
@@ -312,6 +314,11 @@ async fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
             .is_empty()
     );
     assert!(started.elapsed() >= keep_alive - Duration::from_millis(100));
+    let metrics = ctx.metrics().await;
+    let idle = r#"compositions_jobs_connections_timed_out_total{reason="keep_alive"}"#;
+    assert_eq!(sample(&metrics, idle), 2.0);
+    let cut = r#"compositions_jobs_connections_timed_out_total{reason="header_read"}"#;
+    assert_eq!(sample(&metrics, cut), 0.0);
 }
 
 #[tokio::test]

@@ -150,6 +150,17 @@ impl Admin {
             "Client connections open.",
             self.limits.connections(),
         );
+        let (idle, slow_heads) = self.limits.timed_out();
+        out.push_str(
+            "# HELP compositions_jobs_connections_timed_out_total Client connections closed \
+             idle past http.keep_alive_timeout, or cut for a request head slower than \
+             http.header_read_timeout.\n\
+             # TYPE compositions_jobs_connections_timed_out_total counter\n",
+        );
+        out.push_str(&format!(
+            "compositions_jobs_connections_timed_out_total{{reason=\"keep_alive\"}} {idle}\n\
+             compositions_jobs_connections_timed_out_total{{reason=\"header_read\"}} {slow_heads}\n"
+        ));
         let (jobs, waiters) = self.store.changes().waiters();
         metrics::gauge(
             &mut out,

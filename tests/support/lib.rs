@@ -25,6 +25,16 @@ use uuid::Uuid;
 
 pub use raw::RawResponse;
 
+/// The value of sample `name` (labels included) in `metrics`.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} not in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// The path of one job.
 pub fn job_path(id: impl std::fmt::Display) -> String {
     format!("/api/patients/composition/job/{id}")
@@ -98,6 +108,17 @@ impl TestContext {
     /// The admin listener's address: health and metrics.
     pub fn admin_addr(&self) -> SocketAddr {
         self.server.admin_addr()
+    }
+
+    /// The admin listener's `/metrics`, in Prometheus' text format.
+    pub async fn metrics(&self) -> String {
+        let response = raw::request(self.admin_addr(), "GET", "/metrics", &[]).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        String::from_utf8(response.body).unwrap()
     }
 
     /// The server's own store: transitions through it wake long polls at once.

@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::error::Unparsable;
-use super::{App, Body};
+use super::{App, Body, Limits};
 
 /// The phases of a connection, in the low bits of [`Clock`]'s word.
 const IDLE: u64 = 0;
@@ -108,6 +108,8 @@ pub struct ConnIo {
     clock: Arc<Clock>,
     keep_alive: Duration,
     header_read: Duration,
+    /// Counts the connections closed by either clock.
+    limits: Arc<Limits>,
     /// Armed on the first wait for bytes, then re-armed as needed.
     timer: Option<Pin<Box<Sleep>>>,
     /// For the envelope that replaces hyper's own refusal.
@@ -125,6 +127,7 @@ impl ConnIo {
             clock,
             keep_alive: limits.keep_alive_timeout(),
             header_read: limits.header_read_timeout(),
+            limits,
             timer: None,
             app,
             replacement: None,
@@ -142,8 +145,10 @@ impl ConnIo {
             let deadline = match self.clock.deadline(self.keep_alive, self.header_read) {
                 Some((deadline, phase)) if now >= deadline => {
                     return Poll::Ready(if phase == IDLE {
+                        self.limits.closed_idle();
                         Ok(())
                     } else {
+                        self.limits.cut_slow_head();
                         Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the request head did not arrive within http.header_read_timeout",

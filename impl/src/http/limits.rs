@@ -12,7 +12,7 @@
 //! balancers) go elsewhere instead of every caller slowing down.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -41,6 +41,8 @@ pub struct Limits {
     in_flight: AtomicUsize,
     connections: AtomicUsize,
     shedding: AtomicUsize,
+    closed_idle: AtomicU64,
+    cut_slow_heads: AtomicU64,
 }
 
 impl Limits {
@@ -57,6 +59,8 @@ impl Limits {
             in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             shedding: AtomicUsize::new(0),
+            closed_idle: AtomicU64::new(0),
+            cut_slow_heads: AtomicU64::new(0),
         }
     }
 
@@ -153,6 +157,24 @@ impl Limits {
     /// Connections open now (not counting those being shed).
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection closed after `keep_alive_timeout` idle.
+    pub fn closed_idle(&self) {
+        self.closed_idle.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection cut for a head slower than `header_read_timeout`.
+    pub fn cut_slow_head(&self) {
+        self.cut_slow_heads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed idle, and cut for a slow head, so far.
+    pub fn timed_out(&self) -> (u64, u64) {
+        (
+            self.closed_idle.load(Ordering::Relaxed),
+            self.cut_slow_heads.load(Ordering::Relaxed),
+        )
     }
 
     /// Why a shed connection is answered 503.
