@@ -11,7 +11,9 @@
 //! - a request head started (bytes received while idle): the connection fails
 //!   `http.header_read_timeout` after its first byte, with no answer, as hyper's
 //!   own timer did;
-//! - a request in flight, long polls included: no deadline.
+//! - a request in flight, long polls included: no deadline. Bytes that arrive
+//!   meanwhile (a pipelined request) start no head clock; if they are not a
+//!   whole head, the keep-alive clock bounds them once the answer is out.
 //!
 //! The service marks a request's start and end on the shared [`Clock`]. The
 //! timer is lazy: it is armed for the earliest deadline and, when it fires early
@@ -23,7 +25,10 @@
 //! 431 and no body, before the service sees anything. It offers no hook, so the
 //! head it writes is recognized here, where every answer of the service carries
 //! `x-request-id` and hyper's never does, and replaced by the contract's JSON
-//! envelope for the same status. hyper closes the connection after it.
+//! envelope for the same status. hyper closes the connection after it. hyper
+//! starts every head at the start of a write, except after an answer the socket
+//! took only in part; a refusal queued behind such a remainder (a pipelining
+//! client on a full socket) would still go out bare.
 
 use std::io;
 use std::pin::Pin;
