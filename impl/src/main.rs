@@ -324,7 +324,13 @@ fn shutdown_signal() -> impl Future<Output = &'static str> {
 }
 
 async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
-    let store = Store::open(&config.database, &config.jobs, &config.postgres).await?;
+    let store = Store::open(&config.database, &config.jobs, &config.postgres)
+        .await
+        .map_err(|e| {
+            let mut failed = Failed::from(e);
+            failed.message = format!("{}: {}", config.database, failed.message);
+            failed
+        })?;
     let now = Timestamp::now();
     let job = match command {
         JobsCommand::Create {

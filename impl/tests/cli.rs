@@ -211,6 +211,38 @@ fn jobs_commands_report_through_exit_codes() {
 }
 
 #[test]
+fn a_store_that_cannot_open_is_named_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::new_v4().to_string();
+    for (database, names, cause) in [
+        (
+            "sqlite:/nonexistent/jobs.db",
+            "sqlite:/nonexistent/jobs.db",
+            "the folder /nonexistent does not exist",
+        ),
+        (
+            // Nothing listens on port 1.
+            "postgres://postgres:hunter2@127.0.0.1:1/test",
+            "postgres://postgres:***@127.0.0.1:1/test",
+            "Connection refused",
+        ),
+    ] {
+        let output = run(dir.path(), &["--database", database, "jobs", "show", &id]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with(&format!("error: {names}: ")), "{stderr}");
+        assert!(stderr.contains(cause), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+        // Each cause once, though the driver shows its cause and returns it too.
+        assert_eq!(
+            stderr.matches("error connecting to server").count(),
+            usize::from(database.starts_with("postgres")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn jobs_purge_deletes_what_has_expired() {
     let dir = tempfile::tempdir().unwrap();
     let id = stdout(&run(

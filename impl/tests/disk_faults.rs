@@ -3,6 +3,7 @@
 //! database and the cause named, no panic) or clean failures of the writes while
 //! the server goes on answering polls; and once the fault is gone the file passes
 //! `PRAGMA integrity_check`, holds every acknowledged write, and takes new ones.
+//! The `--dev` key files, too, fail cleanly on a disk that takes nothing.
 //!
 //! All real: files made read-only (`chmod`, or as root `chattr +i` and a read-only
 //! bind mount), a file size limit (`RLIMIT_FSIZE`, no root needed) and, as root, a
@@ -479,6 +480,24 @@ async fn a_file_size_limit_fails_writes_cleanly_and_loses_nothing() {
         "file size limit: {acked} transitions acknowledged before it, then {failed} writes \
          failed cleanly; {jobs} jobs checked after"
     );
+}
+
+/// `--dev` writes its signing key and key set when it starts; on a disk that
+/// takes nothing, it fails naming the file and leaves no empty file behind.
+#[test]
+fn the_dev_key_fails_cleanly_on_a_disk_that_takes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut token = cli(dir.path());
+    token.args(["dev", "token", "--client-id", "mis-1"]);
+    let output = with_file_size_limit(&token, 0).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("File too large"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,9 +99,11 @@ impl DevKey {
         let jwks = serde_json::to_string_pretty(&JwkSet { keys: vec![jwk] }).unwrap_or_default();
         // Replaced atomically: a server starting beside us never reads half a file.
         let temp = temporary_sibling(&jwks_path);
-        fs::write(&temp, jwks)
-            .and_then(|()| fs::rename(&temp, &jwks_path))
-            .map_err(io(&jwks_path))?;
+        written_aside(&temp, |temp| {
+            fs::write(temp, jwks)?;
+            fs::rename(temp, &jwks_path)
+        })
+        .map_err(io(&jwks_path))?;
         Ok(Self { key })
     }
 
@@ -153,7 +155,7 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>, DevKeyError> {
         }
         let der = new_pkcs8()?;
         let temp = temporary_sibling(path);
-        write_private(&temp, &encode_pem(&der)).map_err(io)?;
+        written_aside(&temp, |temp| write_private(temp, &encode_pem(&der))).map_err(io)?;
         let linked = fs::hard_link(&temp, path);
         // Best effort: a stray temporary file is harmless.
         let _ = fs::remove_file(&temp);
@@ -163,6 +165,19 @@ fn load_or_create_key(path: &Path) -> Result<Vec<u8>, DevKeyError> {
             Err(e) => return Err(io(e)),
         }
     }
+}
+
+/// Runs `write` on the temporary file `temp`, which is removed if it fails: a
+/// full disk leaves no empty file behind.
+fn written_aside(
+    temp: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let written = write(temp);
+    if written.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    written
 }
 
 /// `dir/name` → `dir/.name.<pid>.tmp`.
