@@ -47,6 +47,16 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
     received
 }
 
+/// Waits for the server to close the connection without sending anything.
+async fn assert_closed_unanswered(stream: &mut TcpStream, within: Duration) {
+    let received = read_until_closed(stream, within).await;
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+}
+
 #[tokio::test]
 async fn headers_just_over_the_count_or_the_bytes_get_431() {
     let ctx = TestContext::with_config(|c| {
@@ -226,13 +236,8 @@ async fn a_slow_request_head_is_cut_after_the_header_read_timeout() {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n").as_bytes(),
     )
     .await;
-    let received = read_until_closed(&mut slow, timeout * 4).await;
+    assert_closed_unanswered(&mut slow, timeout * 4).await;
     let took = started.elapsed();
-    assert!(
-        received.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&received)
-    );
     assert!(
         took >= timeout - Duration::from_millis(100) && took < timeout * 2,
         "closed after {took:?}, not the header-read timeout"
@@ -292,13 +297,8 @@ async fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
     // Just over: idle past the keep-alive timeout, the connection is closed
     // cleanly (no answer), counting from the end of the last response.
     let started = Instant::now();
-    let received = read_until_closed(&mut kept, keep_alive * 2).await;
+    assert_closed_unanswered(&mut kept, keep_alive * 2).await;
     let took = started.elapsed();
-    assert!(
-        received.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&received)
-    );
     assert!(
         took >= keep_alive - Duration::from_millis(100)
             && took < keep_alive + Duration::from_secs(1),
@@ -308,11 +308,7 @@ async fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
     // A connection that never sends anything is idle too.
     let started = Instant::now();
     let mut silent = TcpStream::connect(ctx.addr).await.unwrap();
-    assert!(
-        read_until_closed(&mut silent, keep_alive * 2)
-            .await
-            .is_empty()
-    );
+    assert_closed_unanswered(&mut silent, keep_alive * 2).await;
     assert!(started.elapsed() >= keep_alive - Duration::from_millis(100));
     let metrics = ctx.metrics().await;
     let idle = r#"compositions_jobs_connections_timed_out_total{reason="keep_alive"}"#;

@@ -111,9 +111,7 @@ impl Clock {
 pub struct ConnIo {
     stream: TcpStream,
     clock: Arc<Clock>,
-    keep_alive: Duration,
-    header_read: Duration,
-    /// Counts the connections closed by either clock.
+    /// The clocks' durations, and the count of connections they close.
     limits: Arc<Limits>,
     /// Armed on the first wait for bytes, then re-armed as needed.
     timer: Option<Pin<Box<Sleep>>>,
@@ -126,13 +124,10 @@ pub struct ConnIo {
 impl ConnIo {
     /// `stream`, timed by `clock`, with `app`'s limits.
     pub fn new(stream: TcpStream, clock: Arc<Clock>, app: App) -> Self {
-        let limits = app.limits();
         Self {
             stream,
             clock,
-            keep_alive: limits.keep_alive_timeout(),
-            header_read: limits.header_read_timeout(),
-            limits,
+            limits: app.limits(),
             timer: None,
             app,
             replacement: None,
@@ -145,9 +140,13 @@ impl ConnIo {
     /// deadline can come, because hyper does not read again by itself when a
     /// request in flight ends.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (keep_alive, header_read) = (
+            self.limits.keep_alive_timeout(),
+            self.limits.header_read_timeout(),
+        );
         loop {
             let now = Instant::now();
-            let deadline = match self.clock.deadline(self.keep_alive, self.header_read) {
+            let deadline = match self.clock.deadline(keep_alive, header_read) {
                 Some((deadline, phase)) if now >= deadline => {
                     return Poll::Ready(if phase == IDLE {
                         self.limits.closed_idle();
@@ -162,7 +161,7 @@ impl ConnIo {
                 }
                 Some((deadline, _)) => deadline,
                 // In flight: idle comes no sooner than now.
-                None => now + self.keep_alive,
+                None => now + keep_alive,
             };
             let timer = self
                 .timer
