@@ -11,8 +11,15 @@ CODEGEN_TOOLS := $(VENV)/.codegen-tools
 TEST_TOOLS    := $(VENV)/.test-tools
 # Node tools for the documentation (Redoc, playwright-core), pinned by the lock file.
 DOCS_TOOLS    := docs/node_modules/.installed
+# Cargo tools, pinned, built from crates.io into a folder per version.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY    := .tools/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 
-.PHONY: run test fmt fmt-check lint unit generate check-generated validate-spec \
+# The PostgreSQL half of the tests runs against the machine's server unless this
+# names another one; set it empty to skip that half.
+export COMPOSITIONS_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: run test prerequisites fmt fmt-check lint unit generate check-generated validate-spec \
         build release contract drift docs check-docs docs-test publish-docs bench fuzz tools clean
 
 ## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
@@ -20,7 +27,11 @@ run:
 	$(CARGO) run -p compositions-jobs -- serve --dev
 
 ## test: everything CI checks
-test: fmt-check lint unit validate-spec check-generated check-docs docs-test contract drift
+test: prerequisites fmt-check lint unit validate-spec check-generated check-docs docs-test contract drift
+
+## prerequisites: the system tools the suites need (installed when run as root)
+prerequisites:
+	scripts/prerequisites.sh test
 
 # fuzz/ is a workspace of its own (cargo-fuzz builds it on nightly); it is
 # formatted and linted on stable like the rest of our code.
@@ -34,9 +45,11 @@ fmt-check:
 	$(CARGO) fmt $(OURS) --check
 	$(CARGO) fmt $(FUZZ) --check
 
-lint:
+lint: $(CARGO_DENY)
 	$(CARGO) clippy $(OURS) --all-targets -- -D warnings
 	$(CARGO) clippy $(FUZZ) --all-targets --locked -- -D warnings
+	scripts/check-msrv.py
+	$(CARGO_DENY) --locked check licenses bans sources
 
 unit:
 	@[ -n "$$COMPOSITIONS_TEST_DATABASE_URL" ] || echo "COMPOSITIONS_TEST_DATABASE_URL is unset: skipping the PostgreSQL tests"
@@ -89,7 +102,7 @@ fuzz:
 bench:
 	bench/run.sh
 
-tools: $(CODEGEN_TOOLS) $(TEST_TOOLS) $(DOCS_TOOLS)
+tools: $(CODEGEN_TOOLS) $(TEST_TOOLS) $(DOCS_TOOLS) $(CARGO_DENY)
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -107,6 +120,9 @@ $(DOCS_TOOLS): docs/package-lock.json
 	cd docs && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(CARGO_DENY):
+	$(CARGO) install --quiet --locked --root .tools/cargo-deny-$(CARGO_DENY_VERSION) cargo-deny --version $(CARGO_DENY_VERSION)
+
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) var docs/node_modules
+	rm -rf $(VENV) var docs/node_modules .tools

@@ -22,7 +22,7 @@ out=$root/target/bench
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 results=$out/results.jsonl
 
-command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+"$root/scripts/prerequisites.sh" bench
 # 10,000 connections on each side, and some: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10500 ]; then
