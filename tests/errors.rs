@@ -227,3 +227,56 @@ async fn every_error_carries_the_request_id_in_header_and_body() {
     assert_eq!(response.header("x-request-id"), Some("trace-123"));
     assert_eq!(response.json()["meta"]["request_id"], "trace-123");
 }
+
+/// RFC 9112 §3.2: no `Host`, more than one, or one that is not an authority is a
+/// 400, before authentication, whatever `public_url` says; one valid `Host` is
+/// served. hyper enforces none of it.
+#[tokio::test]
+async fn a_request_without_exactly_one_valid_host_is_400() {
+    let public = "https://api.ehealth.example";
+    for public_url in [None, Some(public)] {
+        let ctx = TestContext::with_config(|config| {
+            config.public_url = public_url.map(str::to_owned);
+        })
+        .await;
+        let path = job_path(ctx.create_job("mis-1").await.id);
+        let auth = format!("Authorization: Bearer {}\r\n", tokens::valid("mis-1"));
+        let addr = ctx.addr;
+        let request = |version: &str, hosts: &str| {
+            format!("GET {path} HTTP/{version}\r\n{hosts}{auth}Connection: close\r\n\r\n")
+        };
+        let refused = [
+            request("1.1", ""),
+            request("1.0", ""),
+            request(
+                "1.1",
+                &format!("Host: {addr}\r\nHost: elsewhere.example\r\n"),
+            ),
+            request("1.1", &format!("Host: {addr}\r\nHost: {addr}\r\n")),
+            request("1.1", "Host: \r\n"),
+            request("1.1", &format!("Host: user@{addr}\r\n")),
+            request("1.1", "Host: a b\r\n"),
+        ];
+        for bytes in refused {
+            let response = raw::send(addr, bytes.as_bytes()).await;
+            assert_eq!(response.status, 400, "{bytes:?}");
+            assert_eq!(response.header("content-type"), Some("application/json"));
+            let body = response.json();
+            assert_eq!(
+                body["error"],
+                json!({"type": "request_malformed", "message": "A request must carry exactly one valid Host header"}),
+                "{bytes:?}"
+            );
+            assert_eq!(body["meta"]["code"], 400);
+            let base = public_url.map_or_else(|| ctx.base_url(), str::to_owned);
+            assert_eq!(body["meta"]["url"], format!("{base}{path}"), "{bytes:?}");
+        }
+        for hosts in [
+            format!("Host: {addr}\r\n"),
+            "Host: my_service:8080\r\n".into(),
+        ] {
+            let response = raw::send(addr, request("1.1", &hosts).as_bytes()).await;
+            assert_eq!(response.status, 200, "{hosts:?}");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use compositions_api::GetAsyncJobStatusResponse;
 use compositions_tests::php::{Reading, read};
 use compositions_tests::{RawResponse, TestContext, job_path, tokens};
 use serde_json::{Value, json};
@@ -131,6 +132,38 @@ async fn rule_5_errors_show_as_code_colon_message_without_a_double_prefix() {
     for error in &errors {
         assert_eq!(error, "1002: Composition already exists");
     }
+}
+
+/// A producer that writes the code into its message (`jobs fail ID --code 1127
+/// --message "1127: …"`): `links[0].error` carries it once, so the client shows
+/// one error, not `1127: …` beside `1127: 1127: …`.
+#[tokio::test]
+async fn rule_5_a_message_that_starts_with_its_code_is_not_prefixed_again() {
+    let ctx = TestContext::new().await;
+    let message = "1127: Final composition for this encounter already exists";
+    let job = ctx.create_job("mis-1").await;
+    ctx.fail_job(
+        job.id,
+        1127,
+        "FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS",
+        message,
+    )
+    .await;
+
+    let response = ctx
+        .poll(job.id, Some(tokens::valid("mis-1")))
+        .await
+        .unwrap();
+    let GetAsyncJobStatusResponse::TaskFound { body, .. } = response else {
+        panic!("expected 200 Task found, got {response:?}");
+    };
+    assert_eq!(body.data.links[0].error.as_deref(), Some(message));
+    assert_eq!(body.data.error.as_ref().unwrap().message, message);
+
+    let Reading::Failed { errors } = read(200, &serde_json::to_value(&body).unwrap()) else {
+        panic!("not read as FAILED: {body:?}");
+    };
+    assert_eq!(errors, [message, message], "data.error and links[0].error");
 }
 
 #[tokio::test]

@@ -71,7 +71,7 @@ pub enum GetAsyncJobStatusResponse {
         >
     }
     ,
-    /// Invalid request format: `asyncJobId` is not a UUID (`error.invalid` names it), or the request has a body, which a GET never takes. 
+    /// Invalid request format: `asyncJobId` is not a UUID (`error.invalid` names it), the request has a body, which a GET never takes, or it does not carry exactly one valid `Host` header. 
     InvalidRequestFormat
     (models::ErrorEnvelope)
     ,

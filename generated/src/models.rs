@@ -819,7 +819,7 @@ pub struct Job {
 
     pub eta: String,
 
-    /// `DONE`: the result, with `href` = `composition/<uuid>`. `FAILED`: one item whose `error` repeats `data.error` as `\"<code>: <message>\"`. `PENDING`: the entity the job works on, without `href`. 
+    /// `DONE`: the result, with `href` = `composition/<uuid>`. `FAILED`: one item whose `error` repeats `data.error` as `\"<code>: <message>\"` (the message alone when it already starts with a code). `PENDING`: the entity the job works on, without `href`. 
     #[serde(rename = "links")]
 
     #[cfg_attr(feature = "validate", validate)]
@@ -1430,7 +1430,7 @@ pub struct JobLink {
     #[serde(skip_serializing_if="Option::is_none")]
     pub href: Option<String>,
 
-    /// A FAILED job's error as display text: `<code>: <message>`.
+    /// A FAILED job's error as display text: `<code>: <message>`, or the message alone when it already starts with a code.
     #[serde(rename = "error")]
 
     #[serde(skip_serializing_if="Option::is_none")]

@@ -277,9 +277,28 @@ impl Failure {
         Ok(failure)
     }
 
-    /// The text MIS clients show: `"<code>: <message>"`.
+    /// The text MIS clients show: `"<code>: <message>"`, or the message alone
+    /// when it already starts with a code.
+    ///
+    /// Producers often write the code into the message themselves. Clients
+    /// prefix `data.error.message` with its code unless it begins with 3 to 5
+    /// digits and a colon (the PHP client's rule), and they show `links[].error`
+    /// beside it as it is: a second prefix there would read as a second error.
     pub fn display_text(&self) -> String {
-        format!("{}: {}", self.code, self.message)
+        if self.message_is_coded() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.code, self.message)
+        }
+    }
+
+    /// Whether the message begins with its own code, or with any code as
+    /// clients recognize one (`\d{3,5}:`), followed by a colon.
+    fn message_is_coded(&self) -> bool {
+        let digits = self.message.bytes().take_while(u8::is_ascii_digit).count();
+        let coded = self.message.as_bytes().get(digits) == Some(&b':');
+        let own = self.message[..digits] == self.code.to_string();
+        coded && (own || (3..=5).contains(&digits))
     }
 }
 
@@ -527,5 +546,22 @@ mod tests {
         let failure =
             Failure::new(1127, "X", "Final composition exists").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(failure.display_text(), "1127: Final composition exists");
+    }
+
+    #[test]
+    fn failure_display_text_never_prefixes_a_coded_message() {
+        let text = |code, message| {
+            Failure::new(code, "X", message)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .display_text()
+        };
+        // Its own code, and any code as clients read one (3 to 5 digits).
+        assert_eq!(text(1127, "1127: Final exists"), "1127: Final exists");
+        assert_eq!(text(1127, "1002: Other code"), "1002: Other code");
+        assert_eq!(text(12, "12: Short code"), "12: Short code");
+        // Not a code prefix: digits without a colon, or too many of them.
+        assert_eq!(text(1127, "1127 composition"), "1127: 1127 composition");
+        assert_eq!(text(1127, "123456: x"), "1127: 123456: x");
+        assert_eq!(text(1127, ": x"), "1127: : x");
     }
 }

@@ -51,10 +51,12 @@ impl RequestMeta {
         let local_text;
         let (scheme, authority) = match (
             public_url,
-            headers.get(HOST).filter(|host| is_sane_host(host)),
+            headers
+                .get(HOST)
+                .filter(|host| is_valid_host(host.as_bytes())),
         ) {
             (Some(base), _) => ("", base),
-            // `is_sane_host` admits only ASCII, so the conversion cannot fail.
+            // `is_valid_host` admits only ASCII, so the conversion cannot fail.
             (None, Some(host)) => ("http://", host.to_str().unwrap_or_default()),
             (None, None) => {
                 local_text = local.to_string();
@@ -113,14 +115,50 @@ fn is_sane_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A host name or address with an optional port, nothing else.
-fn is_sane_host(host: &HeaderValue) -> bool {
-    let host = host.as_bytes();
-    !host.is_empty()
-        && host.len() <= 255
-        && host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+/// Whether a `Host` value is a URI authority without userinfo (RFC 9112 §3.2,
+/// RFC 3986 §3.2.2): a name or an IPv4 address made of unreserved, sub-delims
+/// and percent-encoded bytes, or a bracketed IP literal, then an optional
+/// `:port`. An empty value is refused: every request here names a server.
+pub(super) fn is_valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|&b| b == b':') {
+        // A colon inside brackets belongs to an IPv6 literal.
+        Some(colon) if !host[colon..].contains(&b']') => (&host[..colon], Some(&host[colon + 1..])),
+        _ => (host, None),
+    };
+    let name_ok = match name {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        }
+        _ => {
+            !name.is_empty()
+                && name.iter().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(
+                            b,
+                            b'-' | b'.'
+                                | b'_'
+                                | b'~'
+                                | b'%'
+                                | b'!'
+                                | b'$'
+                                | b'&'
+                                | b'\''
+                                | b'('
+                                | b')'
+                                | b'*'
+                                | b'+'
+                                | b','
+                                | b';'
+                                | b'='
+                        )
+                })
+        }
+    };
+    let port_ok = port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit));
+    host.len() <= 255 && name_ok && port_ok
 }
 
 /// The context the generated router passes to the API implementation.
@@ -185,5 +223,40 @@ impl Has<Option<Authorization>> for RequestContext {
 
     fn set(&mut self, value: Option<Authorization>) {
         self.replaced = Some(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_host;
+
+    #[test]
+    fn a_host_is_an_authority_without_userinfo() {
+        for host in [
+            "api.ehealth.gov.ua",
+            "api.ehealth.gov.ua:443",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:8080",
+            "my_service:80",
+            "xn--80ak6aa92e.com",
+        ] {
+            assert!(is_valid_host(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "",
+            ":80",
+            "user@host",
+            "host:port",
+            "host:123456",
+            "host/path",
+            "two hosts",
+            "[::1",
+            "[]:80",
+            "host\r\nx: y",
+        ] {
+            assert!(!is_valid_host(host.as_bytes()), "{host:?}");
+        }
+        assert!(!is_valid_host("a".repeat(256).as_bytes()));
     }
 }

@@ -19,6 +19,12 @@ pub enum RequestError {
         /// What it should be, e.g. `uuid`.
         expected: &'static str,
     },
+    /// No `Host` header, more than one, or one that is not a host and port.
+    #[error("{count} Host headers, or one that is not a host[:port]")]
+    InvalidHost {
+        /// How many `Host` header lines the request has.
+        count: usize,
+    },
     /// A GET with a body: it has no meaning here, so it is refused, not ignored.
     #[error("a GET request takes no body")]
     BodyNotAllowed,

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::{Method, Request};
 
+use super::context::is_valid_host;
 use super::error::RequestError;
 use crate::config::HttpConfig;
 
@@ -89,7 +90,7 @@ impl Limits {
     }
 
     /// Whether the request's shape is within the limits: URI length, header
-    /// count and bytes, and no body on a GET.
+    /// count and bytes, exactly one valid `Host`, and no body on a GET.
     pub fn check<B>(&self, request: &Request<B>) -> Result<(), RequestError> {
         let uri = request
             .uri()
@@ -98,19 +99,28 @@ impl Limits {
         if uri > self.max_uri_bytes {
             return Err(RequestError::UriTooLong { length: uri });
         }
-        // One pass: the sizes, and any sign of a body.
+        // One pass: the sizes, the `Host` lines, and any sign of a body.
         let headers = request.headers();
-        let (mut bytes, mut has_body) = (0, false);
+        let (mut bytes, mut has_body, mut hosts) = (0, false, 0);
         for (name, value) in headers {
             bytes += name.as_str().len() + value.len();
             has_body |=
                 name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && value.as_bytes() != b"0");
+            hosts += usize::from(name == HOST);
         }
         if headers.len() > self.max_headers || bytes > self.max_header_bytes {
             return Err(RequestError::HeadersTooLarge {
                 count: headers.len(),
                 bytes,
             });
+        }
+        // RFC 9112 §3.2: a server must refuse a request without `Host`, with more
+        // than one, or with one that is not an authority. hyper leaves it to us.
+        // HTTP/1.0 requests are held to it too: every client has sent `Host`
+        // since 1997, and `meta.url` is made from it.
+        let host = headers.get(HOST).map(HeaderValue::as_bytes);
+        if hosts != 1 || !host.is_some_and(is_valid_host) {
+            return Err(RequestError::InvalidHost { count: hosts });
         }
         if has_body && (request.method() == Method::GET || request.method() == Method::HEAD) {
             return Err(RequestError::BodyNotAllowed);

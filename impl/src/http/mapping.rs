@@ -103,6 +103,11 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
             )]);
             R::InvalidRequestFormat(body)
         }
+        RequestError::InvalidHost { .. } => R::InvalidRequestFormat(envelope(
+            StatusCode::BAD_REQUEST,
+            "request_malformed",
+            "A request must carry exactly one valid Host header".into(),
+        )),
         RequestError::BodyNotAllowed => R::InvalidRequestFormat(envelope(
             StatusCode::BAD_REQUEST,
             "request_malformed",
