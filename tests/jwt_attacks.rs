@@ -164,7 +164,7 @@ async fn hs256_keyed_with_public_material_is_refused() {
             let token = jsonwebtoken::encode(
                 &header,
                 &tokens::claims(OWNER),
-                &EncodingKey::from_secret(secret),
+                &EncodingKey::from_secret(secret).unwrap(),
             )
             .unwrap();
             target

@@ -106,7 +106,7 @@ pub fn hs256_with_public_key(client_id: &str) -> String {
     jsonwebtoken::encode(
         &header,
         &claims(client_id),
-        &EncodingKey::from_secret(&public),
+        &EncodingKey::from_secret(&public).unwrap(),
     )
     .unwrap()
 }
