@@ -85,6 +85,12 @@ impl Admin {
                 r#"{"status":"stopping"}"#.into(),
             );
         }
+        if let Some(reason) = self.authenticator.keys().and_then(|keys| keys.not_ready()) {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"status":"not_ready","reason":"{reason}"}}"#),
+            );
+        }
         // A real read through the polling path's store, for an id nobody has.
         match tokio::time::timeout(READY_DEADLINE, self.store.get(Uuid::nil())).await {
             Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
@@ -187,6 +193,54 @@ impl Admin {
                 "Bearer tokens verified (signature and claims).",
                 misses,
             );
+        }
+        if let Some(keys) = self.authenticator.keys() {
+            let status = keys.status();
+            metrics::gauge(
+                &mut out,
+                "compositions_jobs_jwks_keys",
+                "Token signing keys in force (0 before the first usable key set).",
+                status.keys,
+            );
+            metrics::gauge(
+                &mut out,
+                "compositions_jobs_jwks_generation",
+                "The key set in force: bumped each time a different set comes into force.",
+                status.generation,
+            );
+            if let Some(age) = status.age {
+                metrics::gauge(
+                    &mut out,
+                    "compositions_jobs_jwks_age_seconds",
+                    "Since the key set in force was last confirmed by its file or URL.",
+                    age.as_secs(),
+                );
+            }
+            for (name, help, value) in [
+                (
+                    "compositions_jobs_jwks_loads_total",
+                    "Reads or fetches of the key set that gave a usable set, changed or not.",
+                    status.loads,
+                ),
+                (
+                    "compositions_jobs_jwks_changes_total",
+                    "Times a different key set came into force.",
+                    status.changes,
+                ),
+                (
+                    "compositions_jobs_jwks_failures_total",
+                    "Reads or fetches of the key set that failed or gave an unusable document \
+                     (the keys in force stayed).",
+                    status.failures,
+                ),
+                (
+                    "compositions_jobs_jwks_unknown_kid_total",
+                    "Tokens naming a kid the key set in force lacks.",
+                    status.unknown_kids,
+                ),
+            ] {
+                metrics::counter(&mut out, name, help, value);
+            }
         }
         if let Some(pool) = self.store.pool_status() {
             metrics::gauge(

@@ -57,8 +57,31 @@ pub struct AuthConfig {
     /// `jwt` verifies bearer tokens itself; `gateway` trusts the eHealth gateway's
     /// `x-consumer-*` headers and must only be reachable through that gateway.
     pub mode: AuthMode,
-    /// A JWKS file with the token signing keys (RS256 or EdDSA, each with a `kid`).
+    /// A JWKS file with the token signing keys (RS256 or EdDSA, each with a
+    /// `kid`), read again when it changes and on SIGHUP.
     pub jwks: Option<PathBuf>,
+    /// The issuer's JWKS URL (instead of `jwks`): HTTPS, or HTTP to loopback.
+    pub jwks_url: Option<String>,
+    /// CA certificates (PEM) to trust for `jwks_url` instead of the system's.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// The shortest time between two fetches of `jwks_url`, whatever the
+    /// issuer's `Cache-Control` says; also the longest wait after a failure.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_min: Duration,
+    /// The longest time between two fetches, and the time when the issuer sends
+    /// no `max-age`: how long a key removed at the issuer may still be honoured.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_max: Duration,
+    /// The shortest time between two fetches caused by tokens with unknown `kid`s.
+    #[serde(with = "humantime_serde")]
+    pub jwks_unknown_kid_interval: Duration,
+    /// How long one fetch may take, all of it.
+    #[serde(with = "humantime_serde")]
+    pub jwks_fetch_timeout: Duration,
+    /// A key set its source has not confirmed for this long makes the instance
+    /// not ready.
+    #[serde(with = "humantime_serde")]
+    pub jwks_stale_after: Duration,
     /// The required `iss` claim.
     pub issuer: Option<String>,
     /// The required `aud` claim.
@@ -196,6 +219,13 @@ impl Default for AuthConfig {
         Self {
             mode: AuthMode::Jwt,
             jwks: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_min: Duration::from_secs(30),
+            jwks_refresh_max: Duration::from_secs(15 * 60),
+            jwks_unknown_kid_interval: Duration::from_secs(30),
+            jwks_fetch_timeout: Duration::from_secs(10),
+            jwks_stale_after: Duration::from_secs(24 * 60 * 60),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
@@ -331,6 +361,9 @@ impl Config {
             self.public_url = Some(trimmed.to_owned());
         }
         for (key, value) in [
+            ("auth.jwks_refresh_min", self.auth.jwks_refresh_min),
+            ("auth.jwks_fetch_timeout", self.auth.jwks_fetch_timeout),
+            ("auth.jwks_stale_after", self.auth.jwks_stale_after),
             ("jobs.ttl", self.jobs.ttl),
             ("jobs.purge_interval", self.jobs.purge_interval),
             ("http.header_read_timeout", self.http.header_read_timeout),
@@ -359,6 +392,7 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        self.auth.check()?;
         if self.jobs.purge_batch == 0 {
             return Err(invalid("jobs.purge_batch", "must be at least 1"));
         }
@@ -384,6 +418,30 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+}
+
+impl AuthConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.mode == AuthMode::Gateway {
+            return Ok(());
+        }
+        if self.jwks.is_some() && self.jwks_url.is_some() {
+            return Err(invalid(
+                "auth.jwks_url",
+                "set either auth.jwks (a file) or auth.jwks_url, not both",
+            ));
+        }
+        if let Some(url) = &self.jwks_url {
+            crate::auth::check_url(url).map_err(|e| invalid("auth.jwks_url", e.reason()))?;
+        }
+        if self.jwks_refresh_max < self.jwks_refresh_min {
+            return Err(invalid(
+                "auth.jwks_refresh_max",
+                "must not be shorter than auth.jwks_refresh_min",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -37,12 +37,14 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bounded;
 pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod polling;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +53,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{Authenticator, KeySetError};
+use crate::auth::{AuthSetupError, Authenticator, Keys};
 use crate::config::Config;
 use crate::store::{Store, StoreError};
 
@@ -67,9 +69,9 @@ pub enum StartError {
         #[source]
         source: StoreError,
     },
-    /// The token signing keys could not be loaded.
-    #[error("cannot load the token signing keys")]
-    Keys(#[from] KeySetError),
+    /// The token signing keys, or where they come from, cannot be used.
+    #[error("cannot use the token signing keys")]
+    Keys(#[from] AuthSetupError),
     /// The listener has no local address.
     #[error("cannot read the listener's address")]
     Listener(#[source] std::io::Error),
@@ -94,6 +96,7 @@ pub struct ServerHandle {
     admin_stop: watch::Sender<bool>,
     admin: JoinHandle<()>,
     store: Store,
+    keys: Option<Arc<Keys>>,
 }
 
 impl ServerHandle {
@@ -111,6 +114,14 @@ impl ServerHandle {
     /// at once (for producers embedded in the same process).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Reads the token signing keys again now, from their file or URL (what
+    /// SIGHUP does); the answer comes in the log. Nothing behind the gateway.
+    pub fn reload_keys(&self) {
+        if let Some(keys) = &self.keys {
+            keys.reload();
+        }
     }
 
     /// Stops accepting, answers long polls at once, lets requests in flight
@@ -154,9 +165,19 @@ pub async fn start_server(
             database: config.database.to_string(),
             source,
         })?;
-    let authenticator = Arc::new(Authenticator::from_config(&config.auth)?);
+    let (authenticator, key_source) = Authenticator::from_config(&config.auth)?;
+    let authenticator = Arc::new(authenticator);
     let metrics = Arc::new(metrics::Metrics::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let keys = key_source.map(|(source, keys, policy)| {
+        tasks.push(tokio::spawn(source.keep_fresh(
+            Arc::clone(&keys),
+            policy,
+            shutdown_rx.clone(),
+        )));
+        keys
+    });
     let purger = tokio::spawn(store::purge_periodically(
         store.clone(),
         config.jobs.purge_interval,
@@ -189,13 +210,15 @@ pub async fn start_server(
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin = tokio::spawn(admin::serve(admin_listener, admin, admin_stop_rx));
     let server = tokio::spawn(http::serve(listener, app, config.http, shutdown_rx));
+    tasks.extend([server, purger, watcher]);
     Ok(ServerHandle {
         local_addr,
         admin_addr,
         shutdown,
-        tasks: vec![server, purger, watcher],
+        tasks,
         admin_stop,
         admin,
         store,
+        keys,
     })
 }

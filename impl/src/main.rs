@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use compositions_jobs::StartError;
 use compositions_jobs::auth::dev::DevKey;
 use compositions_jobs::config::{Config, Overrides};
 use compositions_jobs::http::mapping::ErrorChain;
@@ -271,7 +272,15 @@ async fn serve(config: Config) -> Result<(), Failed> {
     let database = config.database.to_string();
     let handle = compositions_jobs::start_server(config, listener)
         .await
-        .map_err(|e| Failed::new(1, &e))?;
+        .map_err(|e| {
+            // Unusable keys are bad configuration, like any other bad value.
+            let code = if matches!(e, StartError::Keys(_)) {
+                2
+            } else {
+                1
+            };
+            Failed::new(code, &e)
+        })?;
     // The handlers go in before serving is announced: from then on a signal stops
     // the server gracefully, never kills it.
     let stop = shutdown_signal();
@@ -281,7 +290,7 @@ async fn serve(config: Config) -> Result<(), Failed> {
         %database,
         "serving getAsyncJobStatus"
     );
-    let signal = stop.await;
+    let signal = reload_keys_on_sighup(&handle, stop).await;
     tracing::info!(signal, "shutting down");
     handle.shutdown().await;
     Ok(())
@@ -312,6 +321,41 @@ fn shutdown_signal() -> impl Future<Output = &'static str> {
         }
         std::task::Poll::Pending
     })
+}
+
+/// Waits for `stop`, reading the token signing keys again at each SIGHUP
+/// meanwhile.
+#[cfg(unix)]
+async fn reload_keys_on_sighup(
+    handle: &compositions_jobs::ServerHandle,
+    stop: impl Future<Output = &'static str>,
+) -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; the keys are still read again when their file changes");
+            return stop.await;
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            signal = &mut stop => return signal,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reading the token signing keys again");
+                handle.reload_keys();
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_keys_on_sighup(
+    _handle: &compositions_jobs::ServerHandle,
+    stop: impl Future<Output = &'static str>,
+) -> &'static str {
+    stop.await
 }
 
 /// Returns a future that ends at Ctrl-C.

@@ -647,6 +647,11 @@ async fn sigterm_on_postgres_answers_everything_in_flight_and_closes_its_connect
         command
     };
     let (job, token) = job_and_token(|| on_postgres(dir.path()));
+    // The CLI processes have exited; their backends end a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&name).await > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let baseline = backends(&name).await;
     assert_eq!(baseline, 0, "connections of earlier processes still open");
 

@@ -1,79 +1,66 @@
 //! Verification outcomes, remembered per token, so that a client polling every
 //! few seconds pays for signature verification once per token, not per request.
 //! The verifier keeps two: callers of valid tokens until the token expires, and
-//! refusals that can never turn into acceptances (a bad signature stays bad).
+//! refusals that the key set decided (a bad signature stays bad under it).
 //!
-//! Bounded: when full, expired entries go first, then an arbitrary one. Keyed by
-//! a fast hash with a per-process random seed (foldhash), and every hit compares
-//! the whole token, so no hash collision can stand in for a verification.
+//! Each outcome carries the generation of the key set it was decided under and
+//! is used only while that set is in force: a rotation re-verifies every token
+//! once, and a removed key's tokens are refused from the moment its set goes.
+//! Keyed by the whole token, in a [`Bounded`] map: O(1) whatever the size, and a
+//! flood of tokens seen once cannot push out the ones clients keep using.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
-use std::sync::{Mutex, PoisonError};
+use crate::bounded::Bounded;
 
 /// Outcomes (`V`) of recently verified tokens.
-#[derive(Debug)]
 pub struct TokenCache<V> {
-    capacity: usize,
-    keys: RandomState,
-    entries: Mutex<HashMap<u64, Entry<V>, RandomState>>,
+    map: Bounded<Box<[u8]>, Remembered<V>>,
 }
 
-#[derive(Debug)]
-struct Entry<V> {
-    token: Box<[u8]>,
+impl<V: Clone> std::fmt::Debug for TokenCache<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("map", &self.map)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Remembered<V> {
     value: V,
     /// Seconds since the epoch after which the token must be verified again
     /// (its `exp` plus the allowed leeway, the same rule as verification).
     valid_until: u64,
+    /// The key set that decided it.
+    generation: u64,
 }
 
 impl<V: Clone> TokenCache<V> {
     /// A cache of at most `capacity` tokens; 0 turns it off.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            keys: RandomState::default(),
-            entries: Mutex::new(HashMap::default()),
+            map: Bounded::new(capacity),
         }
     }
 
-    /// The outcome for `token` if it was remembered and is still valid at `now`.
-    pub fn get(&self, token: &[u8], now: u64) -> Option<V> {
-        if self.capacity == 0 {
-            return None;
-        }
-        let key = self.keys.hash_one(token);
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries
-            .get(&key)
-            .filter(|entry| *entry.token == *token && now <= entry.valid_until)
-            .map(|entry| entry.value.clone())
+    /// The outcome for `token`, if it was decided under key set `generation` and
+    /// is still valid at `now`.
+    pub fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<V> {
+        self.map
+            .get(token, |entry| {
+                entry.generation == generation && now <= entry.valid_until
+            })
+            .map(|entry| entry.value)
     }
 
-    /// Remembers `value` for `token` until `valid_until`.
-    pub fn insert(&self, token: &[u8], value: V, valid_until: u64, now: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        let key = self.keys.hash_one(token);
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, entry| now <= entry.valid_until);
-            if entries.len() >= self.capacity
-                && let Some(any) = entries.keys().next().copied()
-            {
-                entries.remove(&any);
-            }
-        }
-        entries.insert(
-            key,
-            Entry {
-                token: token.into(),
+    /// Remembers `value` for `token`, decided under key set `generation`, until
+    /// `valid_until`.
+    pub fn insert(&self, token: &[u8], value: V, valid_until: u64, generation: u64) {
+        self.map.insert(
+            token.into(),
+            Remembered {
                 value,
                 valid_until,
+                generation,
             },
         );
     }
@@ -95,26 +82,25 @@ mod tests {
     #[test]
     fn a_token_is_remembered_until_it_expires() {
         let cache = TokenCache::new(10);
-        cache.insert(b"a.b.c", caller("mis-1"), 100, 50);
-        assert_eq!(cache.get(b"a.b.c", 100), Some(caller("mis-1")));
-        assert_eq!(cache.get(b"a.b.c", 101), None);
-        assert_eq!(cache.get(b"a.b.d", 50), None);
+        cache.insert(b"a.b.c", caller("mis-1"), 100, 1);
+        assert_eq!(cache.get(b"a.b.c", 100, 1), Some(caller("mis-1")));
+        assert_eq!(cache.get(b"a.b.c", 101, 1), None);
+        assert_eq!(cache.get(b"a.b.d", 50, 1), None);
     }
 
     #[test]
-    fn the_cache_stays_within_its_bound() {
-        let cache = TokenCache::new(3);
-        for n in 0..10 {
-            cache.insert(format!("token-{n}").as_bytes(), caller("mis-1"), 100, 0);
-        }
-        assert_eq!(cache.entries.lock().map(|e| e.len()).unwrap_or(0), 3);
-        assert_eq!(cache.get(b"token-9", 0), Some(caller("mis-1")));
+    fn an_outcome_is_forgotten_when_another_key_set_comes_into_force() {
+        let cache = TokenCache::new(10);
+        cache.insert(b"a.b.c", caller("mis-1"), 100, 1);
+        assert_eq!(cache.get(b"a.b.c", 50, 2), None);
+        // Gone for good: the older set never comes back under its generation.
+        assert_eq!(cache.get(b"a.b.c", 50, 1), None);
     }
 
     #[test]
     fn zero_turns_it_off() {
         let cache = TokenCache::new(0);
-        cache.insert(b"a.b.c", caller("mis-1"), 100, 0);
-        assert_eq!(cache.get(b"a.b.c", 0), None);
+        cache.insert(b"a.b.c", caller("mis-1"), 100, 1);
+        assert_eq!(cache.get(b"a.b.c", 0, 1), None);
     }
 }

@@ -60,10 +60,12 @@ pub enum DevKeyError {
 /// Points `auth` at the dev key set unless the configuration names its own.
 pub fn fill_config(config: &mut Config) {
     config.auth.mode = AuthMode::Jwt;
-    config
-        .auth
-        .jwks
-        .get_or_insert_with(|| config.data_dir.join(JWKS_FILE));
+    if config.auth.jwks_url.is_none() {
+        config
+            .auth
+            .jwks
+            .get_or_insert_with(|| config.data_dir.join(JWKS_FILE));
+    }
     config.auth.issuer.get_or_insert_with(|| ISSUER.to_owned());
     config
         .auth

@@ -1,4 +1,4 @@
-//! Bearer JWT verification against a JWKS file.
+//! Bearer JWT verification against the key set in force (see `keys`).
 //!
 //! The algorithm comes from the key, never from the token: each key in the set is
 //! bound at load time to exactly one algorithm (RS256 for RSA, EdDSA for Ed25519),
@@ -12,72 +12,29 @@
 //! of the two counts, so such a token means different things to different
 //! readers (and serde would quietly keep the last one of a claim not read here).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::cache::TokenCache;
+use super::keys::{KeySet, Keys};
 use super::{AuthError, Caller, parse_scopes, valid_client_id};
-use crate::config::AuthConfig;
 
-/// RSA moduli shorter than this are refused at load time.
-const MIN_RSA_BITS: usize = 2048;
-
-/// A key set that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KeySetError {
-    /// `auth.jwks`, `auth.issuer` or `auth.audience` is unset.
-    #[error("auth.{0} is not set")]
-    Missing(&'static str),
-    /// The file could not be read.
-    #[error("cannot read the key set {}", path.display())]
-    Read {
-        /// The JWKS file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a JWKS document.
-    #[error("{} is not a JWKS document", path.display())]
-    Parse {
-        /// The JWKS file.
-        path: PathBuf,
-        /// The parser's error.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A key cannot be used for verification.
-    #[error("key {kid:?} in the key set: {reason}")]
-    Unusable {
-        /// The key's `kid` (empty if it has none).
-        kid: String,
-        /// Why.
-        reason: String,
-    },
-    /// The set has no keys.
-    #[error("the key set {} has no keys", path.display())]
-    Empty {
-        /// The JWKS file.
-        path: PathBuf,
-    },
-}
-
-/// Verifies tokens against a fixed set of keys.
+/// Verifies tokens against the key set in force.
 pub struct JwtVerifier {
-    keys: HashMap<String, VerificationKey>,
+    keys: Arc<Keys>,
+    /// The one `iss` accepted, compared as a string (an array is refused).
+    issuer: String,
     /// Callers of valid tokens, until `exp` plus the leeway.
     accepted: TokenCache<Arc<Caller>>,
-    /// Tokens refused for good: with a fixed key set, issuer and audience, a bad
-    /// signature, a foreign issuer or a passed `exp` never become valid. (A
-    /// token refused for `nbf` is not remembered: it becomes valid later.)
+    /// Tokens the key set refused for good: under one key set, issuer and
+    /// audience, a bad signature, a foreign issuer or a passed `exp` never
+    /// become valid. (A token refused for `nbf` is not remembered: it becomes
+    /// valid later. Nor is one refused before a key was consulted, malformed or
+    /// naming an unknown `kid`: that costs less to decide again than to keep.)
     refused: TokenCache<Refusal>,
     leeway: u64,
     /// Tokens answered from either cache, and tokens verified, for `/metrics`.
@@ -93,7 +50,7 @@ enum Refusal {
 }
 
 impl Refusal {
-    /// The refusal to remember for `error`, if it is permanent.
+    /// The refusal to remember for `error`, if it is permanent under its key set.
     fn of(error: &AuthError) -> Option<Self> {
         match error {
             AuthError::Expired => Some(Self::Expired),
@@ -105,9 +62,10 @@ impl Refusal {
                 None
             }
             AuthError::InvalidToken { reason, .. } => Some(Self::Invalid(reason)),
-            AuthError::MissingToken | AuthError::MissingHeader(_) | AuthError::InvalidHeader(_) => {
-                None
-            }
+            AuthError::MissingToken
+            | AuthError::KeysUnavailable
+            | AuthError::MissingHeader(_)
+            | AuthError::InvalidHeader(_) => None,
         }
     }
 }
@@ -121,15 +79,27 @@ impl From<Refusal> for AuthError {
     }
 }
 
-struct VerificationKey {
-    key: DecodingKey,
-    validation: Validation,
+/// Why a token was refused, and whether a key decided it (only then is the
+/// refusal worth remembering).
+struct Refused {
+    error: AuthError,
+    by_key: bool,
+}
+
+impl From<AuthError> for Refused {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            by_key: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys.current())
+            .field("issuer", &self.issuer)
             .finish()
     }
 }
@@ -140,6 +110,8 @@ impl std::fmt::Debug for JwtVerifier {
 struct Claims {
     /// A NumericDate: seconds, possibly with a fraction.
     exp: f64,
+    /// One string (RFC 7519 allows only a string or URI here).
+    iss: String,
     client_id: String,
     #[serde(default)]
     scope: String,
@@ -182,83 +154,56 @@ impl<'de, T: de::DeserializeOwned> Deserialize<'de> for UniqueClaims<T> {
 }
 
 impl JwtVerifier {
-    /// Reads the key set and binds each key to its algorithm and the configured
-    /// issuer, audience and leeway.
-    pub fn from_config(config: &AuthConfig) -> Result<Self, KeySetError> {
-        let path = config.jwks.as_deref().ok_or(KeySetError::Missing("jwks"))?;
-        let issuer = config
-            .issuer
-            .as_deref()
-            .ok_or(KeySetError::Missing("issuer"))?;
-        let audience = config
-            .audience
-            .as_deref()
-            .ok_or(KeySetError::Missing("audience"))?;
-        let set = read_key_set(path)?;
-
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let kid = jwk.common.key_id.clone().unwrap_or_default();
-            let unusable = |reason: String| KeySetError::Unusable {
-                kid: kid.clone(),
-                reason,
-            };
-            if kid.is_empty() {
-                return Err(unusable("has no kid".into()));
-            }
-            let algorithm = algorithm_for(jwk).map_err(unusable)?;
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| unusable(e.to_string()))?;
-            let mut validation = Validation::new(algorithm);
-            validation.set_issuer(&[issuer]);
-            validation.set_audience(&[audience]);
-            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-            validation.validate_nbf = true;
-            validation.leeway = config.leeway.as_secs();
-            if keys
-                .insert(kid.clone(), VerificationKey { key, validation })
-                .is_some()
-            {
-                return Err(unusable("appears twice".into()));
-            }
-        }
-        if keys.is_empty() {
-            return Err(KeySetError::Empty {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(Self {
+    /// A verifier of tokens against `keys`, which must carry `issuer`, with
+    /// `cache_size` tokens remembered each way and `leeway` seconds of skew.
+    pub fn new(keys: Arc<Keys>, issuer: String, cache_size: usize, leeway: u64) -> Self {
+        Self {
             keys,
-            accepted: TokenCache::new(config.token_cache_size),
-            refused: TokenCache::new(config.token_cache_size),
-            leeway: config.leeway.as_secs(),
+            issuer,
+            accepted: TokenCache::new(cache_size),
+            refused: TokenCache::new(cache_size),
+            leeway,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-        })
+        }
+    }
+
+    /// The key set it verifies against.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
     }
 
     /// Verifies `token` and returns its caller.
     pub fn verify(&self, token: &[u8]) -> Result<Arc<Caller>, AuthError> {
+        let generation = self.keys.generation();
+        if generation == 0 {
+            return Err(AuthError::KeysUnavailable);
+        }
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(caller) = self.accepted.get(token, now) {
+        if let Some(caller) = self.accepted.get(token, now, generation) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(caller);
         }
-        if let Some(refusal) = self.refused.get(token, now) {
+        if let Some(refusal) = self.refused.get(token, now, generation) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Err(refusal.into());
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        match self.verify_signature_and_claims(token) {
+        let current = self.keys.current().ok_or(AuthError::KeysUnavailable)?;
+        // Remembered under the generation of the set that decided, which may be
+        // newer than the one read above.
+        match self.verify_signature_and_claims(&current.set, token) {
             Ok((caller, exp)) => {
                 let caller = Arc::new(caller);
                 let valid_until = exp.saturating_add(self.leeway);
                 self.accepted
-                    .insert(token, Arc::clone(&caller), valid_until, now);
+                    .insert(token, Arc::clone(&caller), valid_until, current.generation);
                 Ok(caller)
             }
-            Err(error) => {
-                if let Some(refusal) = Refusal::of(&error) {
-                    self.refused.insert(token, refusal, u64::MAX, now);
+            Err(Refused { error, by_key }) => {
+                if let Some(refusal) = Refusal::of(&error).filter(|_| by_key) {
+                    self.refused
+                        .insert(token, refusal, u64::MAX, current.generation);
                 }
                 Err(error)
             }
@@ -273,26 +218,36 @@ impl JwtVerifier {
         )
     }
 
-    fn verify_signature_and_claims(&self, token: &[u8]) -> Result<(Caller, u64), AuthError> {
+    fn verify_signature_and_claims(
+        &self,
+        keys: &KeySet,
+        token: &[u8],
+    ) -> Result<(Caller, u64), Refused> {
+        let before_key = |error: AuthError| Refused {
+            error,
+            by_key: false,
+        };
         // A JWT is ASCII (base64url and dots); anything else is refused here.
         let token = std::str::from_utf8(token)
             .ok()
             .filter(|token| token.is_ascii())
-            .ok_or_else(|| AuthError::invalid("the token is not ASCII"))?;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| rejected("malformed token", e))?;
+            .ok_or_else(|| before_key(AuthError::invalid("the token is not ASCII")))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| before_key(rejected("malformed token", e)))?;
         // RFC 7515 §4.1.11: extensions listed as critical must be understood, and
         // this verifier understands none.
         if header.crit.is_some() {
-            return Err(AuthError::invalid("critical header extensions (crit)"));
+            return Err(before_key(AuthError::invalid(
+                "critical header extensions (crit)",
+            )));
         }
         let kid = header
             .kid
-            .ok_or_else(|| AuthError::invalid("no kid in the token header"))?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or_else(|| AuthError::invalid("unknown kid"))?;
+            .ok_or_else(|| before_key(AuthError::invalid("no kid in the token header")))?;
+        let Some(key) = keys.get(&kid) else {
+            self.keys.unknown_kid();
+            return Err(before_key(AuthError::invalid("unknown kid")));
+        };
         let UniqueClaims(claims) =
             jsonwebtoken::decode::<UniqueClaims<Claims>>(token, &key.key, &key.validation)
                 .map_err(|e| match e.kind() {
@@ -300,8 +255,11 @@ impl JwtVerifier {
                     _ => rejected("verification failed", e),
                 })?
                 .claims;
+        if claims.iss != self.issuer {
+            return Err(AuthError::invalid("iss is not the configured issuer").into());
+        }
         if !valid_client_id(&claims.client_id) {
-            return Err(AuthError::invalid("bad client_id claim"));
+            return Err(AuthError::invalid("bad client_id claim").into());
         }
         let caller = Caller::new(claims.client_id, claims.sub, parse_scopes(&claims.scope));
         // `exp` passed validation, so it is a finite time in the future.
@@ -316,68 +274,31 @@ fn rejected(reason: &'static str, source: jsonwebtoken::errors::Error) -> AuthEr
     }
 }
 
-fn read_key_set(path: &Path) -> Result<JwkSet, KeySetError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeySetError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| KeySetError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// The one algorithm a key may verify, from its type (and `alg`, if it has one).
-fn algorithm_for(jwk: &Jwk) -> Result<Algorithm, String> {
-    let (algorithm, declared_ok) = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => {
-            let bits = base64_len(&rsa.n) * 8;
-            if bits < MIN_RSA_BITS {
-                return Err(format!(
-                    "RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"
-                ));
-            }
-            (
-                Algorithm::RS256,
-                matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::RS256)),
-            )
-        }
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => (
-            Algorithm::EdDSA,
-            matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::EdDSA)),
-        ),
-        // Symmetric keys in a verification set would let anyone holding the set
-        // mint tokens; EC keys are not used by eHealth.
-        _ => return Err("only RSA (RS256) and Ed25519 (EdDSA) keys are supported".into()),
-    };
-    if !declared_ok {
-        return Err(format!(
-            "its alg does not match its key type ({algorithm:?} expected)"
-        ));
-    }
-    Ok(algorithm)
-}
-
-/// The number of bytes a base64url string (without padding) decodes to.
-fn base64_len(encoded: &str) -> usize {
-    encoded.trim_end_matches('=').len() * 3 / 4
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
+    use crate::auth::keys::Policy;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures");
 
+    fn policy() -> Policy {
+        Policy {
+            issuer: "https://auth.test".into(),
+            audience: "compositions-jobs".into(),
+            leeway: 30,
+        }
+    }
+
+    fn fixture_set() -> KeySet {
+        let document = std::fs::read(format!("{FIXTURES}/jwks.json")).expect("fixture");
+        KeySet::parse(&document, "jwks.json", &policy()).expect("the test key set loads")
+    }
+
     fn verifier() -> JwtVerifier {
-        let config = AuthConfig {
-            jwks: Some(format!("{FIXTURES}/jwks.json").into()),
-            issuer: Some("https://auth.test".into()),
-            audience: Some("compositions-jobs".into()),
-            ..AuthConfig::default()
-        };
-        JwtVerifier::from_config(&config).expect("the test key set loads")
+        let keys = Arc::new(Keys::new(std::time::Duration::from_secs(3600)));
+        keys.install(fixture_set());
+        JwtVerifier::new(keys, "https://auth.test".into(), 100, 30)
     }
 
     fn token(claims: serde_json::Value) -> String {
@@ -414,9 +335,11 @@ mod tests {
     }
 
     fn remembered(verifier: &JwtVerifier, token: &str) -> Option<Refusal> {
-        verifier
-            .refused
-            .get(token.as_bytes(), jsonwebtoken::get_current_timestamp())
+        verifier.refused.get(
+            token.as_bytes(),
+            jsonwebtoken::get_current_timestamp(),
+            verifier.keys.generation(),
+        )
     }
 
     #[test]
@@ -500,6 +423,75 @@ mod tests {
                 matches!(refused, Err(AuthError::InvalidToken { .. })),
                 "{extra}: {refused:?}"
             );
+        }
+    }
+
+    #[test]
+    fn iss_must_be_one_string_equal_to_the_issuer() {
+        let verifier = verifier();
+        let mut listed = claims(3600, -10);
+        listed["iss"] = serde_json::json!(["https://auth.test"]);
+        assert!(matches!(
+            verifier.verify(token(listed).as_bytes()),
+            Err(AuthError::InvalidToken { .. })
+        ));
+        let mut other = claims(3600, -10);
+        other["iss"] = "https://auth.test/".into();
+        assert!(verifier.verify(token(other).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn nothing_is_verified_before_a_key_set_is_in_force() {
+        let keys = Arc::new(Keys::new(std::time::Duration::from_secs(3600)));
+        let verifier = JwtVerifier::new(Arc::clone(&keys), "https://auth.test".into(), 100, 30);
+        let good = token(claims(3600, -10));
+        assert!(matches!(
+            verifier.verify(good.as_bytes()),
+            Err(AuthError::KeysUnavailable)
+        ));
+        keys.install(fixture_set());
+        assert!(verifier.verify(good.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn no_outcome_outlives_the_key_set_that_decided_it() {
+        let verifier = verifier();
+        let good = token(claims(3600, -10));
+        let mut bad = good.clone();
+        let last = if bad.ends_with('A') { 'B' } else { 'A' };
+        bad.pop();
+        bad.push(last);
+        assert!(verifier.verify(good.as_bytes()).is_ok());
+        assert!(verifier.verify(bad.as_bytes()).is_err());
+        assert!(remembered(&verifier, &bad).is_some());
+        // The RSA key leaves the set: its token, accepted a moment ago, is not.
+        let ed_only = serde_json::json!({"keys": [
+            serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(format!("{FIXTURES}/jwks.json")).expect("fixture")
+            ).expect("JSON")["keys"][1]
+        ]});
+        let set =
+            KeySet::parse(ed_only.to_string().as_bytes(), "ed.json", &policy()).expect("loads");
+        assert!(verifier.keys.install(set));
+        assert!(matches!(
+            verifier.verify(good.as_bytes()),
+            Err(AuthError::InvalidToken {
+                reason: "unknown kid",
+                ..
+            })
+        ));
+        assert!(remembered(&verifier, &bad).is_none());
+        // Nor is an unknown kid remembered: the next set may have it.
+        verifier.keys.install(fixture_set());
+        assert!(verifier.verify(good.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn refusals_decided_before_a_key_is_consulted_are_not_remembered() {
+        let verifier = verifier();
+        for garbage in ["garbage", "a.b.c", "e30.e30.e30"] {
+            assert!(verifier.verify(garbage.as_bytes()).is_err());
+            assert!(remembered(&verifier, garbage).is_none(), "{garbage}");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Authentication: who is calling, for which MIS client, with which scopes.
 //!
 //! Two modes, chosen by `auth.mode`:
-//! - `jwt` verifies `Authorization: Bearer <JWT>` here against a JWKS file;
+//! - `jwt` verifies `Authorization: Bearer <JWT>` here against the issuer's keys,
+//!   from a JWKS file or the issuer's JWKS URL, kept fresh in the background
+//!   (`keys`, `source`);
 //! - `gateway` trusts the `x-consumer-*` headers that eHealth's Kong gateway (the
 //!   mithril plugin) sets after verifying the token itself. It is off unless
 //!   configured, because anyone who can reach the service directly could forge them.
@@ -11,7 +13,10 @@
 
 mod cache;
 pub mod dev;
+mod fetch;
 mod jwt;
+mod keys;
+mod source;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,7 +28,10 @@ use swagger::auth::{Authorization, Scopes};
 
 use crate::config::{AuthConfig, AuthMode};
 
-pub use jwt::{JwtVerifier, KeySetError};
+pub use fetch::{FetcherError, MAX_DOCUMENT_BYTES, UrlError, check_url};
+pub use jwt::JwtVerifier;
+pub use keys::{KeySetError, Keys, KeysStatus, Policy};
+pub use source::{FILE_CHECK_INTERVAL, Refresh, Source};
 
 /// The longest `Authorization` value accepted; real tokens are far shorter.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -64,6 +72,10 @@ pub enum AuthError {
     /// The token's `exp` has passed.
     #[error("the token has expired")]
     Expired,
+    /// No key set is in force yet (the issuer's has not been fetched): nobody's
+    /// token can be checked, which is the service's state, not the caller's fault.
+    #[error("no token signing key set is in force yet")]
+    KeysUnavailable,
     /// The token is malformed, badly signed, or not meant for this service.
     #[error("invalid token: {reason}")]
     InvalidToken {
@@ -99,12 +111,69 @@ pub enum Authenticator {
     Gateway,
 }
 
+/// Why the authenticator cannot be built: a bad key set or key source, named.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// The key file, or a setting about keys.
+    #[error(transparent)]
+    Keys(#[from] KeySetError),
+    /// The JWKS URL or its CA file.
+    #[error(transparent)]
+    Fetcher(#[from] FetcherError),
+}
+
 impl Authenticator {
-    /// Builds the authenticator, reading the key set in `jwt` mode.
-    pub fn from_config(config: &AuthConfig) -> Result<Self, KeySetError> {
-        match config.mode {
-            AuthMode::Jwt => Ok(Self::Jwt(JwtVerifier::from_config(config)?)),
-            AuthMode::Gateway => Ok(Self::Gateway),
+    /// Builds the authenticator. In `jwt` mode a key file is read now (any
+    /// problem is returned), and the returned [`Source`] keeps the keys fresh
+    /// once spawned with [`Source::keep_fresh`].
+    pub fn from_config(
+        config: &AuthConfig,
+    ) -> Result<(Self, Option<(Source, Arc<Keys>, Policy)>), AuthSetupError> {
+        if config.mode == AuthMode::Gateway {
+            return Ok((Self::Gateway, None));
+        }
+        let policy = Policy {
+            issuer: config
+                .issuer
+                .clone()
+                .ok_or(KeySetError::Missing("issuer"))?,
+            audience: config
+                .audience
+                .clone()
+                .ok_or(KeySetError::Missing("audience"))?,
+            leeway: config.leeway.as_secs(),
+        };
+        let keys = Arc::new(Keys::new(config.jwks_stale_after));
+        let source = match (&config.jwks, &config.jwks_url) {
+            (Some(path), _) => Source::load_file(path.clone(), &keys, &policy)?,
+            (None, Some(url)) => Source::Url {
+                fetcher: fetch::Fetcher::new(
+                    url,
+                    config.jwks_ca_file.as_deref(),
+                    config.jwks_fetch_timeout,
+                )?,
+                refresh: Refresh {
+                    min: config.jwks_refresh_min,
+                    max: config.jwks_refresh_max,
+                    unknown_kid_interval: config.jwks_unknown_kid_interval,
+                },
+            },
+            (None, None) => return Err(KeySetError::Missing("jwks` or `auth.jwks_url").into()),
+        };
+        let verifier = JwtVerifier::new(
+            Arc::clone(&keys),
+            policy.issuer.clone(),
+            config.token_cache_size,
+            policy.leeway,
+        );
+        Ok((Self::Jwt(verifier), Some((source, keys, policy))))
+    }
+
+    /// The key set verified against (`None` behind the gateway).
+    pub fn keys(&self) -> Option<&Arc<Keys>> {
+        match self {
+            Self::Jwt(verifier) => Some(verifier.keys()),
+            Self::Gateway => None,
         }
     }
 

@@ -145,6 +145,18 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
         // 401 is for who you are: no token, or one that fails verification.
         RequestError::Unauthenticated(auth) => {
             let (kind, message, challenge) = match auth {
+                // Nobody's token can be checked yet: the service's state, so a
+                // 503 to come back, never a 401 that would blame the token.
+                AuthError::KeysUnavailable => {
+                    return R::ServiceUnavailable {
+                        body: envelope(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "service_unavailable",
+                            "Service starting: token signing keys are not loaded yet; retry after the Retry-After delay".into(),
+                        ),
+                        retry_after: Some(1),
+                    };
+                }
                 AuthError::MissingToken => (
                     "access_denied",
                     "Authorization header is not set or doesn't contain Bearer token".to_owned(),

@@ -1,0 +1,154 @@
+//! One bounded, concurrent map for every cache the service keeps: the verified
+//! and refused tokens, and whatever else must stay within a memory bound while
+//! strangers choose its keys.
+//!
+//! It is quick_cache underneath: sharded (so threads rarely wait for each
+//! other), O(1) insertion and eviction whatever the size, and S3-FIFO eviction,
+//! which lets an entry seen once (a flood of made-up tokens) go before the
+//! entries that are used again and again. Keys are hashed with a per-process
+//! random seed, so nobody can aim at one shard.
+//!
+//! What "fresh" means is the caller's: a value may carry its own expiry or the
+//! generation of whatever it was decided under, and [`Bounded::get`] is told how
+//! to read it. A stale value is a miss and is dropped.
+
+use std::fmt;
+use std::hash::Hash;
+
+use foldhash::fast::RandomState;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::{Equivalent, UnitWeighter};
+
+/// At most `capacity` values by key; capacity 0 keeps nothing.
+pub struct Bounded<K, V> {
+    cache: Option<Cache<K, V, UnitWeighter, RandomState, DefaultLifecycle<K, V>>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
+    /// A map of at most `capacity` entries (0: none, every lookup misses).
+    pub fn new(capacity: usize) -> Self {
+        let cache = (capacity > 0).then(|| {
+            Cache::with(
+                capacity,
+                capacity as u64,
+                UnitWeighter,
+                RandomState::default(),
+                DefaultLifecycle::default(),
+            )
+        });
+        Self { cache }
+    }
+
+    /// The value for `key`, if there is one and `fresh` accepts it. A value
+    /// `fresh` refuses is removed.
+    pub fn get<Q>(&self, key: &Q, fresh: impl Fn(&V) -> bool) -> Option<V>
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        let cache = self.cache.as_ref()?;
+        let value = cache.get(key)?;
+        if fresh(&value) {
+            return Some(value);
+        }
+        cache.remove_if(key, |value| !fresh(value));
+        None
+    }
+
+    /// Remembers `value` for `key`, evicting another entry if the map is full.
+    pub fn insert(&self, key: K, value: V) {
+        if let Some(cache) = &self.cache {
+            cache.insert(key, value);
+        }
+    }
+
+    /// Forgets `key`.
+    pub fn remove<Q>(&self, key: &Q)
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        if let Some(cache) = &self.cache {
+            cache.remove(key);
+        }
+    }
+
+    /// How many entries it holds now.
+    pub fn len(&self) -> usize {
+        self.cache.as_ref().map_or(0, Cache::len)
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most entries it holds (0: it is off).
+    pub fn capacity(&self) -> u64 {
+        self.cache.as_ref().map_or(0, Cache::capacity)
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> fmt::Debug for Bounded<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bounded")
+            .field("capacity", &self.capacity())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_served_while_fresh_and_dropped_once_stale() {
+        let map = Bounded::new(10);
+        map.insert("a".to_owned(), 5_u64);
+        assert_eq!(map.get("a", |until| 4 <= *until), Some(5));
+        assert_eq!(map.get("a", |until| 6 <= *until), None);
+        assert_eq!(map.len(), 0, "the stale value is gone");
+        assert_eq!(map.get("b", |_| true), None);
+    }
+
+    #[test]
+    fn it_stays_within_its_bound() {
+        let map = Bounded::new(100);
+        for n in 0..10_000_u32 {
+            map.insert(n, n);
+        }
+        assert!(map.len() <= 110, "{} entries", map.len());
+        assert!(map.capacity() <= 110);
+    }
+
+    #[test]
+    fn zero_keeps_nothing() {
+        let map = Bounded::new(0);
+        map.insert(1_u32, 1_u32);
+        assert_eq!(map.get(&1, |_| true), None);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn values_used_again_outlive_a_flood_of_values_seen_once() {
+        let map = Bounded::new(1000);
+        for hot in 0..100_u32 {
+            map.insert(hot, hot);
+        }
+        for round in 0..50_u32 {
+            // The hot ones are asked for between floods, as a polling client's are.
+            for hot in 0..100 {
+                let _ = map.get(&hot, |_| true);
+            }
+            for once in 0..1000 {
+                map.insert(1_000_000 + round * 1000 + once, 0);
+            }
+        }
+        let kept = (0..100)
+            .filter(|hot| map.get(hot, |_| true).is_some())
+            .count();
+        assert!(
+            kept >= 90,
+            "only {kept} of 100 hot entries survived the flood"
+        );
+    }
+}
