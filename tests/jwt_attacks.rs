@@ -285,6 +285,15 @@ async fn expired_early_and_foreign_tokens_are_refused() {
             with("iss", json!(tokens::ISSUER.to_uppercase())),
         ),
         ("no iss", without("iss")),
+        // RFC 7519 §4.1.1: one string; a list that holds ours is still a list.
+        (
+            "iss as a list holding ours",
+            with("iss", json!([tokens::ISSUER])),
+        ),
+        (
+            "iss as a list of ours and another",
+            with("iss", json!([tokens::ISSUER, "https://evil.example"])),
+        ),
         ("wrong aud", with("aud", json!("another-service"))),
         ("aud list without ours", with("aud", json!(["a", "b"]))),
         (

@@ -426,6 +426,8 @@ impl AuthConfig {
         if self.mode == AuthMode::Gateway {
             return Ok(());
         }
+        // Whether the keys are set at all is asked when serving (the `jobs`
+        // commands need none); whether the settings agree, always.
         if self.jwks.is_some() && self.jwks_url.is_some() {
             return Err(invalid(
                 "auth.jwks_url",

@@ -330,7 +330,8 @@ fn bad_configuration_fails_at_start_naming_the_key() {
 fn serve_without_keys_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let output = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
-    assert_eq!(output.status.code(), Some(1));
+    // Missing keys are bad configuration, like any other bad value.
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("auth.jwks"));
 }
 
@@ -375,4 +376,108 @@ fn the_example_config_is_valid_and_shows_the_defaults() {
             _ => assert!(shown("", &key), "{key} is not in config.example.toml"),
         }
     }
+}
+
+/// A key set with an unusable key stops the service at start with exit 2 (bad
+/// configuration), naming the key and why.
+#[test]
+fn a_bad_key_set_at_start_exits_2_and_names_the_key() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    // 1024 bits, padded with zero bytes to the length of a 2048-bit modulus.
+    let mut n = vec![0_u8; 128];
+    n.extend(std::iter::repeat_n(0xC5, 128));
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n);
+    for (key, named) in [
+        (
+            serde_json::json!({"kty": "RSA", "kid": "padded", "n": n, "e": "AQAB"}),
+            ["\"padded\"", "1024 bits"],
+        ),
+        (
+            serde_json::json!({"kty": "RSA", "kid": "e3", "n": n, "e": "Aw"}),
+            ["\"e3\"", "1024 bits"],
+        ),
+        (
+            serde_json::json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": n, "e": "AQAB"}),
+            ["no signature verification key", "jwks.json"],
+        ),
+    ] {
+        std::fs::write(&jwks, serde_json::json!({ "keys": [key] }).to_string()).unwrap();
+        let output = cli(dir.path())
+            .env("COMPOSITIONS_AUTH__JWKS", &jwks)
+            .env("COMPOSITIONS_AUTH__ISSUER", "https://auth.test")
+            .env("COMPOSITIONS_AUTH__AUDIENCE", "compositions-jobs")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        for text in named {
+            assert!(stderr.contains(text), "{text:?} not in: {stderr}");
+        }
+    }
+}
+
+/// SIGHUP reads the key file again at once, and says what it found.
+#[test]
+fn sighup_reads_the_key_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let logged = |server: &Server, text: &str| {
+        server
+            .log_so_far()
+            .iter()
+            .filter(|line| line.contains(text))
+            .count()
+    };
+    let wait_for = |server: &Server, text: &str, count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while logged(server, text) < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} not logged {count} times: {:?}",
+                server.log_so_far()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // (What it logged before serving is not in the log kept from then on.)
+    server.send_signal("HUP");
+    wait_for(&server, "SIGHUP: reading the token signing keys again", 1);
+    wait_for(&server, "the key set file is unchanged", 1);
+
+    // A second key beside the dev key: in force after the next SIGHUP.
+    let file = dir.path().join("dev-jwks.json");
+    let mut set: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let rsa: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwks.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    set["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(rsa["keys"][0].clone());
+    std::fs::write(&file, set.to_string()).unwrap();
+    server.send_signal("HUP");
+    wait_for(&server, "a key set is in force", 1);
+    assert!(
+        server
+            .log_so_far()
+            .iter()
+            .any(|line| line.contains("test-rsa") && line.contains("generation=2")),
+        "{:?}",
+        server.log_so_far()
+    );
+    // Polls go on through it all.
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
+    let path = format!("/api/patients/composition/job/{id}");
+    assert_eq!(get(server.address, &path, &token).0, 200);
+    server.stop();
 }

@@ -21,7 +21,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -41,31 +40,6 @@ const HAMMERS: usize = 6;
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// Long enough that a test never mistakes a slow answer for a closed connection.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A server that is killed if the test fails before it exits.
-struct Running(Server);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.exited().is_none() {
-            self.0.send_signal("KILL");
-            let _ = self.0.wait_for_exit(Duration::from_secs(5));
-        }
-    }
-}
-
-impl Deref for Running {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.0
-    }
-}
-
-impl DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Server {
-        &mut self.0
-    }
-}
 
 /// A pending job of `mis-1` and a token that may poll it.
 fn job_and_token(command: impl Fn() -> Command) -> (String, String) {
@@ -437,7 +411,7 @@ impl std::fmt::Display for Drained {
 fn drains_on_sqlite(signal: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (job, token) = job_and_token(|| cli(dir.path()));
-    let mut server = Running(Server::spawn(unlimited(cli(dir.path()))));
+    let mut server = Server::spawn(unlimited(cli(dir.path())));
     let drained = drain(&mut server, signal, &job, &token);
     eprintln!("SIG{signal} on SQLite: {drained}");
 }
@@ -458,7 +432,7 @@ fn a_half_sent_request_holds_shutdown_only_until_the_deadline() {
     let (job, token) = job_and_token(|| cli(dir.path()));
     let mut command = cli(dir.path());
     command.env("COMPOSITIONS_HTTP__SHUTDOWN_TIMEOUT", "1s");
-    let mut server = Running(Server::spawn(command));
+    let mut server = Server::spawn(command);
     let address = server.address;
 
     // The request line and one header, and no more: the server waits for the rest.
@@ -516,7 +490,7 @@ fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let (job, token) = job_and_token(|| cli(dir.path()));
     // The default deadline, 10 s: none of it should be spent on idle connections.
-    let mut server = Running(Server::start(dir.path()));
+    let mut server = Server::start(dir.path());
     let address = server.address;
     let mut idle: Vec<TcpStream> = (0..8)
         .map(|_| {
@@ -593,7 +567,7 @@ fn a_signal_the_moment_serving_is_announced_still_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
     let mut killer = Killer::new();
     for (round, signal) in ["TERM", "INT"].into_iter().cycle().take(6).enumerate() {
-        let mut server = Running(Server::start(dir.path()));
+        let mut server = Server::start(dir.path());
         killer.send(signal, server.pid());
         let status = server
             .wait_for_exit(DEFAULT_DEADLINE)
@@ -655,7 +629,7 @@ async fn sigterm_on_postgres_answers_everything_in_flight_and_closes_its_connect
     let baseline = backends(&name).await;
     assert_eq!(baseline, 0, "connections of earlier processes still open");
 
-    let mut server = Running(Server::spawn(unlimited(on_postgres(dir.path()))));
+    let mut server = Server::spawn(unlimited(on_postgres(dir.path())));
     // A poll, so that the pool holds a connection besides the NOTIFY listener's.
     let mut stream = connect(server.address);
     stream

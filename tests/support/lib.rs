@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod jwks_server;
 pub mod php;
 pub mod postgres;
 pub mod raw;
@@ -119,6 +120,11 @@ impl TestContext {
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
         String::from_utf8(response.body).unwrap()
+    }
+
+    /// Reads the token signing keys again now, as SIGHUP does.
+    pub fn reload_keys(&self) {
+        self.server.reload_keys();
     }
 
     /// The server's own store: transitions through it wake long polls at once.

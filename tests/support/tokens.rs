@@ -140,3 +140,53 @@ pub fn public_jwk(key: TestKey) -> Value {
         jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding_key(key), algorithm(key)).unwrap();
     serde_json::to_value(jwk).unwrap()
 }
+
+/// The trusted JWK named `kid` in the committed test key set.
+pub fn trusted_jwk(kid: &str) -> Value {
+    let set: Value = serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
+    set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|key| key["kid"] == kid)
+        .unwrap()
+        .clone()
+}
+
+/// An Ed25519 signing key made for one test, under a `kid` of its own: the key
+/// an issuer rotates to.
+pub struct FreshKey {
+    /// Its `kid`.
+    pub kid: String,
+    pkcs8: Vec<u8>,
+    x: String,
+}
+
+impl FreshKey {
+    /// A new key named `kid`.
+    pub fn new(kid: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Self {
+            kid: kid.to_owned(),
+            pkcs8: pair.serialize_der(),
+            x: URL_SAFE_NO_PAD.encode(pair.public_key_raw()),
+        }
+    }
+
+    /// Its public half, as the issuer publishes it.
+    pub fn jwk(&self) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": self.kid, "x": self.x})
+    }
+
+    /// A valid token for `client_id`, signed with it.
+    pub fn token(&self, client_id: &str) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims(client_id),
+            &EncodingKey::from_ed_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}

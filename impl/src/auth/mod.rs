@@ -132,6 +132,11 @@ impl Authenticator {
         if config.mode == AuthMode::Gateway {
             return Ok((Self::Gateway, None));
         }
+        // Which source first: it is the setting a new deployment forgets.
+        let (file, url) = match (&config.jwks, &config.jwks_url) {
+            (None, None) => return Err(KeySetError::Missing("jwks` or `auth.jwks_url").into()),
+            (file, url) => (file.clone(), url.as_deref()),
+        };
         let policy = Policy {
             issuer: config
                 .issuer
@@ -144,11 +149,11 @@ impl Authenticator {
             leeway: config.leeway.as_secs(),
         };
         let keys = Arc::new(Keys::new(config.jwks_stale_after));
-        let source = match (&config.jwks, &config.jwks_url) {
-            (Some(path), _) => Source::load_file(path.clone(), &keys, &policy)?,
-            (None, Some(url)) => Source::Url {
+        let source = match (file, url) {
+            (Some(path), _) => Source::load_file(path, &keys, &policy)?,
+            (None, url) => Source::Url {
                 fetcher: fetch::Fetcher::new(
-                    url,
+                    url.unwrap_or_default(),
                     config.jwks_ca_file.as_deref(),
                     config.jwks_fetch_timeout,
                 )?,
@@ -158,7 +163,6 @@ impl Authenticator {
                     unknown_kid_interval: config.jwks_unknown_kid_interval,
                 },
             },
-            (None, None) => return Err(KeySetError::Missing("jwks` or `auth.jwks_url").into()),
         };
         let verifier = JwtVerifier::new(
             Arc::clone(&keys),

@@ -245,6 +245,16 @@ impl Server {
     }
 }
 
+/// A test that fails before it stops its server must not leave it running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Set to a database URL, the test binary's producer test writes jobs there
 /// (see [`producer_main`]); unset, that test returns at once.
 pub const PRODUCER_DATABASE: &str = "COMPOSITIONS_TEST_PRODUCER_DATABASE";
