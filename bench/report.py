@@ -5,6 +5,11 @@ Usage: report.py RESULTS.jsonl COMMIT SECONDS ROUNDS
 
 For R and A-D each round is one wrk run; a figure is the median over the rounds, and
 each ratio compares the service with the baseline measured alternately with it.
+
+G-J present a token the service has never seen on every request. A service round
+in which any token was presented twice (the Lua script handed one out again, or
+the service's token cache answered one) measured the cache, not verification: the
+scenario is then reported as invalid ("tokens reused"), without figures.
 """
 
 import json
@@ -22,7 +27,13 @@ NAMES = {
     "C": "C. PostgreSQL, as A",
     "C0": "C0. As C, read cache off: every poll is a query",
     "D": "D. 10,000 jobs, all statuses, 5% 404, 1% 401",
+    "G": "G. As A, a new valid RS256 token per request (kid test-rsa)",
+    "H": "H. As A, a new valid EdDSA token per request (kid test-ed)",
+    "I": "I. As A, a new RS256 token per request with a wrong signature (full RSA verification, 401)",
+    "J": "J. As A, a new garbage token per request (JWT-shaped, does not decode, 401)",
 }
+# The cold authentication paths: each expects one status, and no token twice.
+COLD = {"G": "200", "H": "200", "I": "401", "J": "401"}
 TARGETS = {
     "R": "none: the floor under A (the issue cites about 1.6×)",
     "A": "CPU ≤ 2.0×, req/s ≥ 0.50×, p99 ≤ 2× baseline p99, no errors",
@@ -31,6 +42,10 @@ TARGETS = {
     "C": "CPU ≤ 2.5×, req/s ≥ 0.35×",
     "C0": "none: shows what the cache spares",
     "D": "CPU ≤ 2.5×, every answer correct",
+    "G": "CPU ≤ 4×",
+    "H": "CPU ≤ 4×",
+    "I": "CPU ≤ 4×",
+    "J": "CPU ≤ 2×",
     "E": "≤ 150 MiB",
     "F": "RSS ≤ 256 MiB; wake p50/p99 ≤ 10 ms in-process, ≤ 50 ms NOTIFY, ≤ 250 ms SQLite",
 }
@@ -67,6 +82,18 @@ def statuses(rounds):
     return text, mismatches
 
 
+def reuse(rounds):
+    """Why service rounds of G-J are invalid, or None: tokens handed out again by
+    the Lua script, tokens the service answered from its cache."""
+    handed = sum(r["wrk"].get("reused", 0) for r in rounds)
+    hits = sum(r.get("token_cache_hits", 0) for r in rounds)
+    bad = sum(1 for r in rounds if r["wrk"].get("reused", 0) or r.get("token_cache_hits", 0))
+    if not bad:
+        return None
+    return (f"invalid: tokens reused in {bad} of {len(rounds)} rounds ({handed:,} handed out again, "
+            f"{hits:,} answered from the token cache; raise BENCH_COLD_RATE or BENCH_COLD_GARBAGE_RATE)")
+
+
 def ms(us):
     return f"{us / 1000:.2f} ms"
 
@@ -82,7 +109,7 @@ def main():
           f"{rounds} alternating rounds of {seconds} s after a warm-up; medians.\n")
     print("| scenario | req/s (× baseline) | CPU µs/request (× baseline) | p50 | p99 (× baseline) | answers | peak RSS | target |")
     print("|---|---|---|---|---|---|---|---|")
-    for scenario in ["R", "A", "AL", "B", "C", "C0", "D"]:
+    for scenario in ["R", "A", "AL", "B", "C", "C0", "D", "G", "H", "I", "J"]:
         service = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "service"]
         baseline = [l for l in lines if l.get("scenario") == scenario and l.get("target") == "baseline"]
         if not service:
@@ -91,12 +118,25 @@ def main():
         answers, mismatches = statuses(service)
         if scenario == "D":
             answers += f"; {mismatches} not as expected"
+        invalid = None
+        if scenario in COLD:
+            answers += f"; {mismatches} not as expected ({COLD[scenario]})"
+            invalid = reuse(service)
+            tokens = service[0].get("tokens", 0)
+            answers += f"; {tokens:,} new tokens a round, " + ("some reused" if invalid else "none reused")
+            warm = sum(l.get("warmup_reused", 0) for l in service)
+            if warm:
+                answers += f" (the warm-ups reused {warm:,}, not measured)"
         cpu = f"{s['cpu']:.1f} ({s['cpu'] / b['cpu']:.2f}×)"
         if scenario.startswith("C"):
             cpu += f"; PostgreSQL: {s['pg_cpu']:.1f}"
+        rps = f"{s['rps']:,.0f} ({s['rps'] / b['rps']:.2f}×)"
+        p50, p99 = ms(s["p50"]), f"{ms(s['p99'])} ({s['p99'] / b['p99']:.2f}×)"
+        if invalid:
+            rps, cpu, p50, p99 = f"**{invalid}**", "—", "—", "—"
         rss = max(l["peak_rss_kib"] for l in service) / 1024
-        print(f"| {NAMES[scenario]} | {s['rps']:,.0f} ({s['rps'] / b['rps']:.2f}×) | {cpu} | {ms(s['p50'])} "
-              f"| {ms(s['p99'])} ({s['p99'] / b['p99']:.2f}×) | {answers} | {rss:.0f} MiB | {TARGETS[scenario]} |")
+        print(f"| {NAMES[scenario]} | {rps} | {cpu} | {p50} "
+              f"| {p99} | {answers} | {rss:.0f} MiB | {TARGETS[scenario]} |")
         print(f"| baseline (bare hyper) | {b['rps']:,.0f} | {b['cpu']:.1f} | {ms(b['p50'])} | {ms(b['p99'])} "
               f"| {statuses(baseline)[0]} | {max(l['peak_rss_kib'] for l in baseline) / 1024:.0f} MiB | |")
     for line in lines:

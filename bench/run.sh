@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
 # make bench: the service against a bare-hyper baseline, measured in the same run.
 #
-# Scenarios R and A-D: wrk (1 thread, 64 connections) after a warm-up, in alternating
-# rounds (baseline, service, baseline, ...). Each round records throughput, the
-# server's own CPU per request (utime+stime of all its threads, from /proc), p50,
-# p99 and the answers by status. E: RSS with 10,000 idle keep-alive connections.
-# F: long polls. bench/report.py turns the measurements into target/bench/report.md.
+# Scenarios R, A-D and G-J: wrk (1 thread, 64 connections) after a warm-up, in
+# alternating rounds (baseline, service, baseline, ...). Each round records
+# throughput, the server's own CPU per request (utime+stime of all its threads,
+# from /proc), p50, p99 and the answers by status. E: RSS with 10,000 idle
+# keep-alive connections. F: long polls. bench/report.py turns the measurements
+# into target/bench/report.md.
 #
-#   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F";
-#   R is the generated router alone, the floor under A; A also measures AL, with
-#   the access log on; C also measures C0, PostgreSQL with the read cache off).
-#   The access log is off elsewhere (RUST_LOG without `access`).
+# G-J are the cold authentication paths: a token the service has never seen on
+# every request (G: valid RS256, H: valid EdDSA, I: RS256 with a wrong signature,
+# J: garbage). The service remembers each token's outcome, so a token presented
+# twice is answered from that cache and costs nothing to verify: each service
+# round runs in a fresh process, and no token is presented twice to it (see
+# cold() and bench/README.md).
+#
+#   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F
+#   G H I J"; R is the generated router alone, the floor under A; A also measures
+#   AL, with the access log on; C also measures C0, PostgreSQL with the read cache
+#   off). The access log is off elsewhere (RUST_LOG without `access`).
+#   BENCH_COLD_RATE (30000) and BENCH_COLD_GARBAGE_RATE (60000): the highest
+#   request rates G-I and J are expected to reach; they size the token files
+#   (rate x (2 s warm-up + BENCH_SECONDS)), kept in target/bench/tokens for a day.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-scenarios=${BENCH_SCENARIOS:-R A B C D E F}
+scenarios=${BENCH_SCENARIOS:-R A B C D E F G H I J}
+cold_rate=${BENCH_COLD_RATE:-30000}
+garbage_rate=${BENCH_COLD_GARBAGE_RATE:-60000}
 postgres=${BENCH_DATABASE_URL:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
 out=$root/target/bench
 bin=${CARGO_TARGET_DIR:-$root/target}/release
@@ -53,9 +66,11 @@ export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
 export COMPOSITIONS_POLLING__LIMIT_PER_SECOND=1000000000 COMPOSITIONS_POLLING__LIMIT_BURST=1000000000
 export RUST_LOG=warn,compositions_jobs=info BENCH_LUA=$root/bench/lua
 key=$root/tests/fixtures/rsa-test-key.pem
+ed_key=$root/tests/fixtures/ed25519-test-key.pem
 client=mis-bench
 
-# start NAME COMMAND...: runs a server, waits for its address; sets $address, $pid.
+# start NAME COMMAND...: runs a server, waits for its address; sets $address, $pid
+# and, for the service, $admin_address (health and metrics).
 start() {
   local name=$1
   shift
@@ -65,7 +80,10 @@ start() {
   address=
   for _ in $(seq 100); do
     address=$(sed -n 's/.*address[^0-9]*\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/$name.out" "$tmp/$name.err" | head -1)
-    [ -n "$address" ] && return
+    if [ -n "$address" ]; then
+      admin_address=$(sed -n 's/.*admin[^0-9]*\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/$name.out" "$tmp/$name.err" | head -1)
+      return
+    fi
     sleep 0.1
   done
   echo "$name did not start" >&2
@@ -84,16 +102,36 @@ postgres_ticks() {
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-# round SCENARIO TARGET PID ADDRESS SCRIPT: one wrk run, one JSON line.
+# token_cache ADMIN_ADDRESS: "HITS MISSES", the service's token cache counters
+# (tokens answered from its cache, tokens verified) from its /metrics.
+token_cache() {
+  local metrics
+  exec 3<>"/dev/tcp/${1%:*}/${1##*:}"
+  printf 'GET /metrics HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$1" >&3
+  metrics=$(cat <&3)
+  exec 3<&-
+  awk '$1 == "compositions_jobs_token_cache_hits_total" {hits = $2}
+       $1 == "compositions_jobs_token_cache_misses_total" {misses = $2}
+       END {print hits + 0, misses + 0}' <<<"$metrics"
+}
+
+# round SCENARIO TARGET PID ADDRESS SCRIPT [ADMIN_ADDRESS [JSON]]: one wrk run, one
+# JSON line. With the service's admin address, the line also says how many tokens
+# its cache answered and how many it verified during the run; JSON: more fields.
 round() {
-  local scenario=$1 target=$2 server=$3 at=$4 script=$5
-  local before pg_before after pg_after line
+  local scenario=$1 target=$2 server=$3 at=$4 script=$5 admin=${6:-} fields=${7:-}
+  local before pg_before after pg_after line hits_before misses_before hits misses
+  [ -n "$admin" ] && read -r hits_before misses_before < <(token_cache "$admin")
   before=$(cpu_ticks "$server")
   pg_before=$(postgres_ticks)
   line=$(wrk -t1 -c64 -d"${seconds}s" --timeout 10s -s "$root/bench/lua/$script" "http://$at" | tail -1)
   after=$(cpu_ticks "$server")
   pg_after=$(postgres_ticks)
-  echo "{\"scenario\": \"$scenario\", \"target\": \"$target\", \"cpu_ticks\": $((after - before)), \"postgres_ticks\": $((pg_after - pg_before)), \"clk_tck\": $(getconf CLK_TCK), \"peak_rss_kib\": $(peak_rss_kib "$server"), \"wrk\": $line}" >>"$results"
+  if [ -n "$admin" ]; then
+    read -r hits misses < <(token_cache "$admin")
+    fields+="${fields:+, }\"token_cache_hits\": $((hits - hits_before)), \"token_cache_misses\": $((misses - misses_before))"
+  fi
+  echo "{\"scenario\": \"$scenario\", \"target\": \"$target\", \"cpu_ticks\": $((after - before)), \"postgres_ticks\": $((pg_after - pg_before)), \"clk_tck\": $(getconf CLK_TCK), \"peak_rss_kib\": $(peak_rss_kib "$server"), ${fields:+$fields, }\"wrk\": $line}" >>"$results"
 }
 
 # compare SCENARIO SERVICE_PID SERVICE_ADDRESS SCRIPT: warm-up, then alternating rounds.
@@ -105,6 +143,50 @@ compare() {
   for _ in $(seq "$rounds"); do
     round "$scenario" baseline "$baseline_pid" "$baseline_address" "$script"
     round "$scenario" service "$service" "$at" "$script"
+  done
+}
+
+# cold SCENARIO EXPECTED_STATUS RATE TOKENS_OPTIONS...: scenarios G-J, one job on
+# SQLite as in A, and on every request a token the service process has never
+# seen, made by `bench-tool tokens TOKENS_OPTIONS...`.
+#
+# The token file holds RATE x (2 + BENCH_SECONDS) distinct tokens: the first
+# RATE x 2 for the warm-up, the rest for the measured round. Each service round
+# starts a fresh process (empty token caches), warms it up with the first slice
+# in one wrk run, then measures a second wrk run with the second slice; the Lua
+# script hands out each token once. So no token reaches the same process twice,
+# and the warm-up's tokens are not the round's. A separate warm-up run, rather
+# than one long run measured at its tail, because CPU is read around whole wrk
+# runs. The warm-up also fills the token cache (10,000 entries), so the round
+# measures the steady state of many sessions: a full cache, each new token
+# evicting another. Every round of the scenario reuses the same two slices,
+# each time against a new process. Should a run outlast its slice, the script
+# counts the tokens it hands out again ("reused"), and the service's own cache
+# counters say whether any token was answered from its cache: report.py calls
+# the scenario invalid if either is not zero. The baseline ignores tokens; it
+# runs the same script and slices for the same request sizes and wrk costs.
+cold() {
+  local scenario=$1 expected=$2 rate=$3
+  shift 3
+  local warm=$((rate * 2)) take=$((rate * seconds)) tokens service warm_line warm_reused
+  echo "scenario $scenario" >&2
+  tokens=$("$bin/bench-tool" tokens --client-id "$client" --count $((warm + take)) --cache-dir "$out/tokens" "$@")
+  sqlite_service
+  BENCH_PATH=/api/patients/composition/job/$("$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --pending)
+  kill -TERM "$pid"
+  wait "$pid" || true
+  export BENCH_PATH BENCH_TOKENS=$tokens BENCH_EXPECT=$expected
+  BENCH_TOKENS_SKIP=0 BENCH_TOKENS_TAKE=$warm wrk -t1 -c64 -d2s -s "$root/bench/lua/cold_tokens.lua" "http://$baseline_address" >/dev/null
+  for _ in $(seq "$rounds"); do
+    BENCH_TOKENS_SKIP=$warm BENCH_TOKENS_TAKE=$take round "$scenario" baseline "$baseline_pid" "$baseline_address" cold_tokens.lua
+    start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$sqlite_url"
+    service=$pid
+    warm_line=$(BENCH_TOKENS_SKIP=0 BENCH_TOKENS_TAKE=$warm wrk -t1 -c64 -d2s -s "$root/bench/lua/cold_tokens.lua" "http://$address" | tail -1)
+    warm_reused=$(sed -n 's/.*"reused": \([0-9]*\).*/\1/p' <<<"$warm_line")
+    BENCH_TOKENS_SKIP=$warm BENCH_TOKENS_TAKE=$take round "$scenario" service "$service" "$address" cold_tokens.lua \
+      "$admin_address" "\"tokens\": $take, \"warmup_tokens\": $warm, \"warmup_reused\": ${warm_reused:-0}"
+    kill -TERM "$service"
+    wait "$service" || true
   done
 }
 
@@ -217,6 +299,10 @@ for scenario in $scenarios; do
         --token "$BENCH_TOKEN" --jwks "$COMPOSITIONS_AUTH__JWKS")
       echo "{\"scenario\": \"F\", \"case\": \"SQLite, finished in the server's process\", \"result\": \"$line\"}" >>"$results"
       ;;
+    G) cold G 200 "$cold_rate" --key "$key" --alg rs256 ;;
+    H) cold H 200 "$cold_rate" --key "$ed_key" --alg eddsa ;;
+    I) cold I 401 "$cold_rate" --key "$key" --alg rs256 --bad-signature ;;
+    J) cold J 401 "$garbage_rate" --garbage ;;
     *)
       echo "unknown scenario $scenario" >&2
       exit 2

@@ -36,12 +36,14 @@ function lines(path)
 end
 
 function done(summary, latency, requests)
-  local counted, wrong = {}, 0
+  local counted, wrong, again = {}, 0, 0
   for _, thread in ipairs(threads) do
     for status, count in pairs(thread:get("statuses")) do
       counted[status] = (counted[status] or 0) + count
     end
     wrong = wrong + thread:get("mismatches")
+    -- Scenarios G-J (cold_tokens.lua): tokens handed out a second time.
+    again = again + (thread:get("reused") or 0)
   end
   local parts = {}
   for status, n in pairs(counted) do
@@ -54,8 +56,8 @@ function done(summary, latency, requests)
     end
   end
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "socket_errors": %d, "mismatches": %d, "statuses": {%s}}\n',
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "socket_errors": %d, "mismatches": %d, "reused": %d, "statuses": {%s}}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    wrong, table.concat(parts, ", ")))
+    wrong, again, table.concat(parts, ", ")))
 end

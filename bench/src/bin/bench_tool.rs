@@ -1,16 +1,19 @@
 //! The helpers `bench/run.sh` drives: tokens, seeded jobs, idle connections and
 //! long-poll waiters. Each prints what the script needs on stdout.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
 use compositions_jobs::config::{Config, DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{Failure, Kind, Link, NewJob, Outcome, Timestamp};
 use compositions_jobs::store::{JobStore, Store};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::EncodingKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -31,18 +34,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// RS256 tokens for one client, one per line.
+    /// Tokens for one client, one per line, each different from every other (a
+    /// `jti` of its own): signed with `--alg`, with a wrong signature, or garbage.
+    /// With `--cache-dir` the tokens go to a file there, reused while it holds
+    /// enough of them and is less than a day old, and its path is printed.
     Tokens {
-        /// The PKCS#8 PEM key (the test key set's RSA key).
-        #[arg(long)]
-        key: PathBuf,
+        /// The PKCS#8 PEM key (the test key set's RSA or Ed25519 key); not read
+        /// for `--garbage`.
+        #[arg(long, required_unless_present = "garbage")]
+        key: Option<PathBuf>,
         #[arg(long)]
         client_id: String,
         #[arg(long, default_value_t = 1)]
         count: usize,
-        /// Break each signature, so that verification fails at the last step.
+        #[arg(long, value_enum, default_value_t = Alg::Rs256)]
+        alg: Alg,
+        /// The header's kid [default: test-rsa for RS256, test-ed for EdDSA].
+        #[arg(long)]
+        kid: Option<String>,
+        /// A signature of the right length that is wrong, so that verification
+        /// runs in full and fails at its last step. RS256: random bytes below
+        /// the modulus, no signing; EdDSA: signed, then a bit of R flipped.
         #[arg(long)]
         bad_signature: bool,
+        /// Not a JWT: three dot-separated runs of base64url characters, about as
+        /// long as an RS256 token's parts, the first of a length no base64 decodes.
+        #[arg(long, conflicts_with_all = ["bad_signature", "key"])]
+        garbage: bool,
+        /// Keep the tokens in a file in this directory (see above).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
     },
     /// Jobs of one client: PENDING (due in a day), DONE and FAILED in turn; prints ids.
     Seed {
@@ -98,8 +119,36 @@ async fn main() -> Result<(), Failed> {
             key,
             client_id,
             count,
+            alg,
+            kid,
             bad_signature,
-        } => tokens(&key, &client_id, count, bad_signature),
+            garbage,
+            cache_dir,
+        } => {
+            let kind = if garbage {
+                TokenKind::Garbage
+            } else {
+                TokenKind::Signed {
+                    alg,
+                    kid: kid.unwrap_or_else(|| alg.default_kid().into()),
+                    bad_signature,
+                }
+            };
+            let spec = TokenSpec {
+                key: key.as_deref().map(std::fs::read).transpose()?,
+                client_id,
+                kind,
+            };
+            match cache_dir {
+                Some(dir) => println!("{}", cached_tokens(&spec, count, &dir)?.display()),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(generate_tokens(&spec, count)?.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+            Ok(())
+        }
         Command::Seed {
             database,
             client_id,
@@ -123,26 +172,342 @@ async fn main() -> Result<(), Failed> {
     }
 }
 
-fn tokens(key: &PathBuf, client_id: &str, count: usize, bad_signature: bool) -> Result<(), Failed> {
-    let key = EncodingKey::from_rsa_pem(&std::fs::read(key)?)?;
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("test-rsa".into());
-    let now = jsonwebtoken::get_current_timestamp();
-    for n in 0..count {
-        let claims = serde_json::json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{n}"), "client_id": client_id,
-            "scope": "openid composition:read", "iat": now, "exp": now + 24 * 3600, "jti": n,
-        });
-        let mut token = jsonwebtoken::encode(&header, &claims, &key)?;
-        if bad_signature {
-            // Same length and alphabet, wrong bytes.
-            let flipped = if token.ends_with('A') { 'B' } else { 'A' };
-            token.pop();
-            token.push(flipped);
+/// A token file under `--cache-dir` is reused while it is younger than this...
+const TOKEN_FILE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// ...so its tokens are made to stay valid this long: two days and more after
+/// the file's last reuse, so that none expires during a run.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3 * 24 * 3600);
+
+/// The algorithm of a signed token (and so which key `--key` is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Alg {
+    Rs256,
+    Eddsa,
+}
+
+impl Alg {
+    fn default_kid(self) -> &'static str {
+        match self {
+            Self::Rs256 => "test-rsa",
+            Self::Eddsa => "test-ed",
         }
-        println!("{token}");
     }
-    Ok(())
+
+    fn header_name(self) -> &'static str {
+        match self {
+            Self::Rs256 => "RS256",
+            Self::Eddsa => "EdDSA",
+        }
+    }
+}
+
+enum TokenKind {
+    Signed {
+        alg: Alg,
+        kid: String,
+        bad_signature: bool,
+    },
+    Garbage,
+}
+
+/// What `bench-tool tokens` was asked for.
+struct TokenSpec {
+    /// The PEM key's bytes (absent for garbage).
+    key: Option<Vec<u8>>,
+    client_id: String,
+    kind: TokenKind,
+}
+
+impl TokenSpec {
+    /// What the tokens are, for file names and messages.
+    fn label(&self) -> String {
+        match &self.kind {
+            TokenKind::Signed {
+                alg,
+                bad_signature: false,
+                ..
+            } => format!("{alg:?}").to_lowercase(),
+            TokenKind::Signed {
+                alg,
+                bad_signature: true,
+                ..
+            } => format!("{alg:?}-bad-signature").to_lowercase(),
+            TokenKind::Garbage => "garbage".into(),
+        }
+    }
+
+    /// The cache file's name: the label and a digest of everything the tokens
+    /// depend on (key, kid, client, issuer, audience, this format's version), so
+    /// that a changed key or configuration never reuses a stale file. Bump the
+    /// version when what the tokens hold changes.
+    fn file_name(&self) -> String {
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [
+            b"bench-tool tokens v1".as_slice(),
+            ISSUER.as_bytes(),
+            AUDIENCE.as_bytes(),
+            self.client_id.as_bytes(),
+            self.key.as_deref().unwrap_or_default(),
+        ] {
+            context.update(&(part.len() as u64).to_le_bytes());
+            context.update(part);
+        }
+        if let TokenKind::Signed { kid, .. } = &self.kind {
+            context.update(kid.as_bytes());
+        }
+        let digest = context.finish();
+        let hex: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}-{}-{hex}.tokens", self.label(), self.client_id)
+    }
+}
+
+/// The path of a file in `dir` with at least `count` tokens of `spec`, less than a
+/// day old: an existing one, else a new one. Says on stderr which, and how long
+/// generating took.
+fn cached_tokens(spec: &TokenSpec, count: usize, dir: &Path) -> Result<PathBuf, Failed> {
+    let path = dir.join(spec.file_name());
+    if let Ok(metadata) = std::fs::metadata(&path) {
+        let age = metadata.modified()?.elapsed().unwrap_or(Duration::MAX);
+        if age < TOKEN_FILE_MAX_AGE {
+            let held = bytecount_lines(&std::fs::read(&path)?);
+            if held >= count {
+                eprintln!(
+                    "tokens: {count} {} tokens from {} ({held} there, made {:.1} h ago)",
+                    spec.label(),
+                    path.display(),
+                    age.as_secs_f64() / 3600.0
+                );
+                return Ok(path);
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let started = Instant::now();
+    let text = generate_tokens(spec, count)?;
+    let took = started.elapsed();
+    // Written whole, then renamed: a file there is always complete.
+    let partial = path.with_extension(format!("partial.{}", std::process::id()));
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, &path)?;
+    eprintln!(
+        "tokens: generated {count} {} tokens in {:.1} s on {} threads into {}",
+        spec.label(),
+        took.as_secs_f64(),
+        threads(),
+        path.display()
+    );
+    Ok(path)
+}
+
+fn bytecount_lines(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| b == b'\n').count()
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A key pair parsed once: jsonwebtoken's aws-lc backend parses (and checks) the
+/// RSA key again for every signature.
+enum SigningKey {
+    Rsa(aws_lc_rs::signature::RsaKeyPair),
+    Ed25519(aws_lc_rs::signature::Ed25519KeyPair),
+}
+
+impl SigningKey {
+    fn from_pem(alg: Alg, pem: &[u8]) -> Result<Self, Failed> {
+        Ok(match alg {
+            Alg::Rs256 => Self::Rsa(
+                aws_lc_rs::signature::RsaKeyPair::from_der(
+                    EncodingKey::from_rsa_pem(pem)?.as_bytes(),
+                )
+                .map_err(|e| format!("the RSA key: {e}"))?,
+            ),
+            Alg::Eddsa => Self::Ed25519(
+                aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(
+                    EncodingKey::from_ed_pem(pem)?.as_bytes(),
+                )
+                .map_err(|e| format!("the Ed25519 key: {e}"))?,
+            ),
+        })
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Failed> {
+        match self {
+            Self::Rsa(key) => {
+                let mut signature = vec![0; key.public_modulus_len()];
+                key.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    message,
+                    &mut signature,
+                )
+                .map_err(|_| "RSA signing failed")?;
+                Ok(signature)
+            }
+            Self::Ed25519(key) => Ok(key.sign(message).as_ref().to_vec()),
+        }
+    }
+
+    /// A signature of the right length that is not the message's: RSA, random
+    /// bytes with the top bit clear, so below any 2048-bit-or-longer modulus
+    /// (a value at or above it would be refused before the RSA operation);
+    /// Ed25519, the real signature with one bit of R flipped (R is compared, not
+    /// decoded, at the end of verification, so all of it runs).
+    fn wrong_signature(&self, message: &[u8], random: &mut SplitMix) -> Result<Vec<u8>, Failed> {
+        match self {
+            Self::Rsa(key) => {
+                let mut signature = random.bytes(key.public_modulus_len());
+                signature[0] &= 0x7f;
+                Ok(signature)
+            }
+            Self::Ed25519(_) => {
+                let mut signature = self.sign(message)?;
+                signature[0] ^= 0x01;
+                Ok(signature)
+            }
+        }
+    }
+}
+
+/// A fast pseudo-random source for token contents (uniqueness comes from the
+/// counter in each token, not from this).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn new() -> Self {
+        Self(Uuid::new_v4().as_u64_pair().0)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            out.extend_from_slice(&self.next().to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// `len` characters of the base64url alphabet.
+    fn base64url_chars(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..len)
+            .map(|_| char::from(ALPHABET[(self.next() % 64) as usize]))
+            .collect()
+    }
+}
+
+/// `count` tokens of `spec`, one per line, made on every core.
+fn generate_tokens(spec: &TokenSpec, count: usize) -> Result<String, Failed> {
+    // A batch id and the token's number make each `jti` (and each garbage token)
+    // unique, also across files.
+    let batch = Uuid::new_v4().simple().to_string();
+    let now = jsonwebtoken::get_current_timestamp();
+    let key = match &spec.kind {
+        TokenKind::Signed { alg, .. } => {
+            let pem = spec.key.as_deref().ok_or("--key is required")?;
+            Some(SigningKey::from_pem(*alg, pem)?)
+        }
+        TokenKind::Garbage => None,
+    };
+    let workers = threads().min(count.max(1));
+    let per_worker = count.div_ceil(workers);
+    let parts: Vec<Result<String, Failed>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let range = (worker * per_worker)..((worker + 1) * per_worker).min(count);
+                let (key, batch) = (key.as_ref(), batch.as_str());
+                scope.spawn(move || -> Result<String, Failed> {
+                    let mut random = SplitMix::new();
+                    let mut out = String::new();
+                    for n in range {
+                        let token = match (&spec.kind, key) {
+                            (TokenKind::Garbage, _) => garbage_token(&mut random, batch, n),
+                            (
+                                TokenKind::Signed {
+                                    alg,
+                                    kid,
+                                    bad_signature,
+                                },
+                                Some(key),
+                            ) => {
+                                let claims = serde_json::json!({
+                                    "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{n}"),
+                                    "client_id": spec.client_id, "scope": "openid composition:read",
+                                    "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
+                                    "jti": format!("{batch}-{n}"),
+                                });
+                                signed_token(*alg, kid, &claims, key, *bad_signature, &mut random)?
+                            }
+                            (TokenKind::Signed { .. }, None) => return Err("no key".into()),
+                        };
+                        out.push_str(&token);
+                        out.push('\n');
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a worker panicked".into()))
+            })
+            .collect()
+    });
+    let mut text = String::new();
+    for part in parts {
+        text.push_str(&part?);
+    }
+    Ok(text)
+}
+
+fn signed_token(
+    alg: Alg,
+    kid: &str,
+    claims: &serde_json::Value,
+    key: &SigningKey,
+    bad_signature: bool,
+    random: &mut SplitMix,
+) -> Result<String, Failed> {
+    let header = serde_json::json!({"typ": "JWT", "alg": alg.header_name(), "kid": kid});
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?)
+    );
+    let signature = if bad_signature {
+        key.wrong_signature(message.as_bytes(), random)?
+    } else {
+        key.sign(message.as_bytes())?
+    };
+    Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
+/// Not a JWT, though shaped like one and about as long as an RS256 token of this
+/// tool (some 700 characters): a 61-character first part (61 = 1 mod 4, a length
+/// no base64 decodes, so the header is refused before any JSON is read), then the
+/// batch id, the token's number and random characters, then 342 random ones.
+fn garbage_token(random: &mut SplitMix, batch: &str, n: usize) -> String {
+    format!(
+        "{}.{batch}{n:x}{}.{}",
+        random.base64url_chars(61),
+        random.base64url_chars(256),
+        random.base64url_chars(342)
+    )
 }
 
 async fn open(database: &str) -> Result<Store, Failed> {
