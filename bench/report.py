@@ -151,6 +151,22 @@ def main():
             print(f"| F. {fields['waiters']} waiters on 1,000 jobs; {line['case']} | | | "
                   f"wake p50 {fields['wake_p50_ms']} ms | wake p99 {fields['wake_p99_ms']} ms "
                   f"| {fields['errors']} errors | {rss} | {TARGETS['F']} |")
+    verification(lines)
+
+
+def verification(lines):
+    """Scenario V: one verification on one core, against bare hyper's request."""
+    v = next((l["result"] for l in lines if l.get("scenario") == "V"), None)
+    if v is None:
+        return
+    base = statistics.median(figures([l])["cpu"] for l in lines if l.get("target") == "baseline")
+    print("\n| V. one verification, one core, no network | RS256 | EdDSA |")
+    print("|---|---|---|")
+    for what, key in [("the signature check alone (aws-lc-rs)", "signature_us"),
+                      ("the whole verifier, caches off", "verifier_us")]:
+        rs, ed = v[f"RS256_{key}"], v[f"EdDSA_{key}"]
+        print(f"| {what} | {rs:.1f} µs ({rs / base:.2f}× bare hyper's request) "
+              f"| {ed:.1f} µs ({ed / base:.2f}×) |")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@
 # J: garbage). The service remembers each token's outcome, so a token presented
 # twice is answered from that cache and costs nothing to verify: each service
 # round runs in a fresh process, and no token is presented twice to it (see
-# cold() and bench/README.md).
+# cold() and bench/README.md). V times one verification alone, in-process.
 #
 #   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F
-#   G H I J"; R is the generated router alone, the floor under A; A also measures
+#   V G H I J"; R is the generated router alone, the floor under A; A also measures
 #   AL, with the access log on; C also measures C0, PostgreSQL with the read cache
 #   off). The access log is off elsewhere (RUST_LOG without `access`).
-#   BENCH_COLD_RATE (30000) and BENCH_COLD_GARBAGE_RATE (60000): the highest
+#   BENCH_COLD_RATE (45000) and BENCH_COLD_GARBAGE_RATE (90000): the highest
 #   request rates G-I and J are expected to reach; they size the token files
 #   (rate x (2 s warm-up + BENCH_SECONDS)), kept in target/bench/tokens for a day.
 set -euo pipefail
@@ -27,9 +27,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-scenarios=${BENCH_SCENARIOS:-R A B C D E F G H I J}
-cold_rate=${BENCH_COLD_RATE:-30000}
-garbage_rate=${BENCH_COLD_GARBAGE_RATE:-60000}
+scenarios=${BENCH_SCENARIOS:-R A B C D E F V G H I J}
+cold_rate=${BENCH_COLD_RATE:-45000}
+garbage_rate=${BENCH_COLD_GARBAGE_RATE:-90000}
 postgres=${BENCH_DATABASE_URL:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
 out=$root/target/bench
 bin=${CARGO_TARGET_DIR:-$root/target}/release
@@ -298,6 +298,11 @@ for scenario in $scenarios; do
       line=$("$bin/bench-tool" longpoll --database "sqlite:$tmp/inproc/jobs.db" --jobs "$tmp/waited" \
         --token "$BENCH_TOKEN" --jwks "$COMPOSITIONS_AUTH__JWKS")
       echo "{\"scenario\": \"F\", \"case\": \"SQLite, finished in the server's process\", \"result\": \"$line\"}" >>"$results"
+      ;;
+    V)
+      # What G and H cannot avoid: one signature check, and the whole verifier.
+      echo "scenario V" >&2
+      echo "{\"scenario\": \"V\", \"result\": $("$bin/bench-tool" verify-cost --fixtures "$root/tests/fixtures")}" >>"$results"
       ;;
     G) cold G 200 "$cold_rate" --key "$key" --alg rs256 ;;
     H) cold H 200 "$cold_rate" --key "$ed_key" --alg eddsa ;;

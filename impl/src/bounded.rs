@@ -19,9 +19,11 @@ use foldhash::fast::RandomState;
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{Equivalent, UnitWeighter};
 
+type Shards<K, V> = Cache<K, V, UnitWeighter, RandomState, DefaultLifecycle<K, V>>;
+
 /// At most `capacity` values by key; capacity 0 keeps nothing.
 pub struct Bounded<K, V> {
-    cache: Option<Cache<K, V, UnitWeighter, RandomState, DefaultLifecycle<K, V>>>,
+    cache: Option<Shards<K, V>>,
 }
 
 impl<K: Eq + Hash, V: Clone> Bounded<K, V> {

@@ -170,14 +170,12 @@ pub async fn start_server(
     let metrics = Arc::new(metrics::Metrics::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let keys = key_source.map(|(source, keys, policy)| {
-        tasks.push(tokio::spawn(source.keep_fresh(
-            Arc::clone(&keys),
-            policy,
-            shutdown_rx.clone(),
-        )));
-        keys
-    });
+    let keys = authenticator.keys().cloned();
+    if let (Some(source), Some(keys)) = (key_source, &keys) {
+        tasks.push(tokio::spawn(
+            source.keep_fresh(Arc::clone(keys), shutdown_rx.clone()),
+        ));
+    }
     let purger = tokio::spawn(store::purge_periodically(
         store.clone(),
         config.jobs.purge_interval,

@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// What verifying one new token costs, in this process, on one core: the
+    /// service's whole verifier (caches off) and the signature check alone, for
+    /// RS256 and EdDSA. Prints one JSON line.
+    VerifyCost {
+        /// The test key set (`tests/fixtures`), for its keys and JWKS.
+        #[arg(long)]
+        fixtures: PathBuf,
+        #[arg(long, default_value_t = 3000)]
+        count: usize,
+    },
     /// Jobs of one client: PENDING (due in a day), DONE and FAILED in turn; prints ids.
     Seed {
         #[arg(long)]
@@ -149,6 +159,7 @@ async fn main() -> Result<(), Failed> {
             }
             Ok(())
         }
+        Command::VerifyCost { fixtures, count } => verify_cost(&fixtures, count),
         Command::Seed {
             database,
             client_id,
@@ -495,6 +506,64 @@ fn signed_token(
         key.sign(message.as_bytes())?
     };
     Ok(format!("{message}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
+/// µs per item of `work` over `items`, the best of three passes.
+fn per_item<T>(items: &[T], mut work: impl FnMut(&T)) -> f64 {
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            items.iter().for_each(&mut work);
+            started.elapsed().as_secs_f64() * 1e6 / items.len().max(1) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn verify_cost(fixtures: &Path, count: usize) -> Result<(), Failed> {
+    use compositions_jobs::auth::{JwtVerifier, KeySet, Keys, Policy};
+    let policy = Policy {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        leeway: 30,
+    };
+    let jwks = std::fs::read(fixtures.join("jwks.json"))?;
+    let keys = Arc::new(Keys::new(Duration::from_secs(3600)));
+    keys.install(KeySet::parse(&jwks, "jwks.json")?);
+    let verifier = JwtVerifier::new(Arc::clone(&keys), policy, 0);
+    let mut line = serde_json::Map::new();
+    for (alg, file) in [
+        (Alg::Rs256, "rsa-test-key.pem"),
+        (Alg::Eddsa, "ed25519-test-key.pem"),
+    ] {
+        let spec = TokenSpec {
+            key: Some(std::fs::read(fixtures.join(file))?),
+            client_id: "mis-bench".into(),
+            kind: TokenKind::Signed {
+                alg,
+                kid: alg.default_kid().into(),
+                bad_signature: false,
+            },
+        };
+        let tokens: Vec<String> = generate_tokens(&spec, count)?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let current = keys.current().ok_or("no keys")?;
+        let key = current.set.get(alg.default_kid()).ok_or("no such kid")?;
+        let service = per_item(&tokens, |token| {
+            assert!(verifier.verify(token.as_bytes()).is_ok());
+        });
+        let signature = per_item(&tokens, |token| {
+            let (message, signature) = token.rsplit_once('.').unwrap_or_default();
+            let signature = URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
+            assert!(key.verify(message.as_bytes(), &signature));
+        });
+        let name = alg.header_name();
+        line.insert(format!("{name}_verifier_us"), service.into());
+        line.insert(format!("{name}_signature_us"), signature.into());
+    }
+    println!("{}", serde_json::Value::Object(line));
+    Ok(())
 }
 
 /// Not a JWT, though shaped like one and about as long as an RS256 token of this

@@ -30,7 +30,9 @@ use crate::config::{AuthConfig, AuthMode};
 
 pub use fetch::{FetcherError, MAX_DOCUMENT_BYTES, UrlError, check_url};
 pub use jwt::JwtVerifier;
-pub use keys::{KeySetError, Keys, KeysStatus, Policy};
+pub use keys::{
+    Algorithm, Current, KeySet, KeySetError, Keys, KeysStatus, Policy, VerificationKey,
+};
 pub use source::{FILE_CHECK_INTERVAL, Refresh, Source};
 
 /// The longest `Authorization` value accepted; real tokens are far shorter.
@@ -76,14 +78,14 @@ pub enum AuthError {
     /// token can be checked, which is the service's state, not the caller's fault.
     #[error("no token signing key set is in force yet")]
     KeysUnavailable,
+    /// The token's `nbf` is still ahead (beyond the leeway): it may pass later.
+    #[error("the token is not valid yet")]
+    NotYetValid,
     /// The token is malformed, badly signed, or not meant for this service.
     #[error("invalid token: {reason}")]
     InvalidToken {
-        /// What is wrong, for the log.
+        /// What is wrong, for the log (never the caller's text).
         reason: &'static str,
-        /// The verifier's error, if it gave one.
-        #[source]
-        source: Option<jsonwebtoken::errors::Error>,
     },
     /// Gateway mode: a required `x-consumer-*` header is absent.
     #[error("missing header {0}")]
@@ -95,10 +97,7 @@ pub enum AuthError {
 
 impl AuthError {
     fn invalid(reason: &'static str) -> Self {
-        Self::InvalidToken {
-            reason,
-            source: None,
-        }
+        Self::InvalidToken { reason }
     }
 }
 
@@ -124,11 +123,9 @@ pub enum AuthSetupError {
 
 impl Authenticator {
     /// Builds the authenticator. In `jwt` mode a key file is read now (any
-    /// problem is returned), and the returned [`Source`] keeps the keys fresh
-    /// once spawned with [`Source::keep_fresh`].
-    pub fn from_config(
-        config: &AuthConfig,
-    ) -> Result<(Self, Option<(Source, Arc<Keys>, Policy)>), AuthSetupError> {
+    /// problem is returned), and the returned [`Source`] keeps [`Self::keys`]
+    /// fresh once spawned with [`Source::keep_fresh`].
+    pub fn from_config(config: &AuthConfig) -> Result<(Self, Option<Source>), AuthSetupError> {
         if config.mode == AuthMode::Gateway {
             return Ok((Self::Gateway, None));
         }
@@ -150,7 +147,7 @@ impl Authenticator {
         };
         let keys = Arc::new(Keys::new(config.jwks_stale_after));
         let source = match (file, url) {
-            (Some(path), _) => Source::load_file(path, &keys, &policy)?,
+            (Some(path), _) => Source::load_file(path, &keys)?,
             (None, url) => Source::Url {
                 fetcher: fetch::Fetcher::new(
                     url.unwrap_or_default(),
@@ -164,13 +161,8 @@ impl Authenticator {
                 },
             },
         };
-        let verifier = JwtVerifier::new(
-            Arc::clone(&keys),
-            policy.issuer.clone(),
-            config.token_cache_size,
-            policy.leeway,
-        );
-        Ok((Self::Jwt(verifier), Some((source, keys, policy))))
+        let verifier = JwtVerifier::new(Arc::clone(&keys), policy, config.token_cache_size);
+        Ok((Self::Jwt(verifier), Some(source)))
     }
 
     /// The key set verified against (`None` behind the gateway).

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::fetch::Fetcher;
-use super::keys::{KeySet, KeySetError, Keys, Policy};
+use super::keys::{KeySet, KeySetError, Keys};
 
 /// How often the key file is read again to see whether it changed.
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -65,13 +65,13 @@ pub enum Source {
 impl Source {
     /// Reads `path` now and puts its keys in force: any problem is returned, for
     /// the service to stop with it.
-    pub fn load_file(path: PathBuf, keys: &Keys, policy: &Policy) -> Result<Self, KeySetError> {
+    pub fn load_file(path: PathBuf, keys: &Keys) -> Result<Self, KeySetError> {
         let origin = path.display().to_string();
         let document = std::fs::read(&path).map_err(|e| KeySetError::Unreadable {
             origin: origin.clone(),
             reason: e.to_string(),
         })?;
-        keys.install(KeySet::parse(&document, &origin, policy)?);
+        keys.install(KeySet::parse(&document, &origin)?);
         Ok(Self::File {
             in_force: content_hash(&document),
             path,
@@ -79,18 +79,13 @@ impl Source {
     }
 
     /// Keeps `keys` fresh from this source until `shutdown` changes.
-    pub async fn keep_fresh(
-        self,
-        keys: Arc<Keys>,
-        policy: Policy,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn keep_fresh(self, keys: Arc<Keys>, mut shutdown: watch::Receiver<bool>) {
         match self {
             Self::File { path, in_force } => {
-                watch_file(path, in_force, &keys, &policy, &mut shutdown).await;
+                watch_file(path, in_force, &keys, &mut shutdown).await;
             }
             Self::Url { fetcher, refresh } => {
-                refresh_from_url(&fetcher, refresh, &keys, &policy, &mut shutdown).await;
+                refresh_from_url(&fetcher, refresh, &keys, &mut shutdown).await;
             }
         }
     }
@@ -115,7 +110,6 @@ async fn watch_file(
     path: PathBuf,
     mut in_force: u64,
     keys: &Keys,
-    policy: &Policy,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let origin = path.display().to_string();
@@ -152,7 +146,7 @@ async fn watch_file(
             keys.failed();
             continue;
         }
-        match KeySet::parse(&document, &origin, policy) {
+        match KeySet::parse(&document, &origin) {
             Ok(set) => {
                 keys.install(set);
                 in_force = hash;
@@ -172,7 +166,6 @@ async fn refresh_from_url(
     fetcher: &Fetcher,
     refresh: Refresh,
     keys: &Keys,
-    policy: &Policy,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     let origin = fetcher.url().to_owned();
@@ -207,7 +200,7 @@ async fn refresh_from_url(
             _ = shutdown.changed() => return,
         };
         let result = fetched.and_then(|fetched| {
-            KeySet::parse(&fetched.document, &origin, policy)
+            KeySet::parse(&fetched.document, &origin)
                 .map(|set| (set, fetched.max_age))
                 .map_err(|e| e.to_string())
         });

@@ -167,7 +167,7 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
                     "JWT expired".to_owned(),
                     r#"Bearer error="invalid_token""#,
                 ),
-                AuthError::InvalidToken { .. } => (
+                AuthError::InvalidToken { .. } | AuthError::NotYetValid => (
                     "access_denied",
                     "Invalid access token".to_owned(),
                     r#"Bearer error="invalid_token""#,
