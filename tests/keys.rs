@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use compositions_api::GetAsyncJobStatusResponse;
 use compositions_jobs::config::Config;
-use compositions_tests::jwks_server::{Answer, JwksServer, TestCa};
+use compositions_tests::jwks_server::{Answer, JwksServer};
+use compositions_tests::tls::TestCa;
 use compositions_tests::tokens::{self, FreshKey};
 use compositions_tests::{TestContext, raw, sample};
 use serde_json::json;

@@ -9,7 +9,7 @@ use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{
     Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
-use compositions_jobs::store::{self, JobStore, Store, StoreError};
+use compositions_jobs::store::{self, Access, JobStore, Store, StoreError};
 use compositions_tests::postgres::TestSchema;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -39,7 +39,13 @@ enum Database {
 impl Backend {
     /// Opens another store on the same database, as another process would.
     async fn reopen(&self) -> Result<Store, StoreError> {
-        Store::open(&self.url, &jobs_config(), &PostgresConfig::default()).await
+        Store::open(
+            &self.url,
+            &jobs_config(),
+            &PostgresConfig::default(),
+            Access::ReadWrite,
+        )
+        .await
     }
 }
 
@@ -49,9 +55,14 @@ async fn backends() -> Vec<Backend> {
     let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
     let mut backends = vec![Backend {
         name: "sqlite",
-        store: Store::open(&url, &jobs_config(), &PostgresConfig::default())
-            .await
-            .unwrap(),
+        store: Store::open(
+            &url,
+            &jobs_config(),
+            &PostgresConfig::default(),
+            Access::ReadWrite,
+        )
+        .await
+        .unwrap(),
         url,
         _database: Database::Sqlite(dir),
     }];
@@ -59,9 +70,14 @@ async fn backends() -> Vec<Backend> {
         let url = DatabaseUrl::Postgres(schema.url.clone());
         backends.push(Backend {
             name: "postgres",
-            store: Store::open(&url, &jobs_config(), &PostgresConfig::default())
-                .await
-                .unwrap(),
+            store: Store::open(
+                &url,
+                &jobs_config(),
+                &PostgresConfig::default(),
+                Access::ReadWrite,
+            )
+            .await
+            .unwrap(),
             url,
             _database: Database::Postgres(schema),
         });

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use compositions_jobs::config::{Config, DatabaseUrl};
 use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
-use compositions_jobs::store::{JobStore, Store};
+use compositions_jobs::store::{Access, JobStore, Store};
 use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 
@@ -51,9 +51,14 @@ fn service() -> &'static Service {
                 config.polling.limit_per_second = 0.0;
                 config.polling.max_wait = Duration::from_millis(1);
                 let config = config.validated().expect("valid");
-                let store = Store::open(&config.database, &config.jobs, &config.postgres)
-                    .await
-                    .expect("a store");
+                let store = Store::open(
+                    &config.database,
+                    &config.jobs,
+                    &config.postgres,
+                    Access::ReadWrite,
+                )
+                .await
+                .expect("a store");
                 let job = NewJob {
                     id: Uuid::new_v4(),
                     client_id: common::CLIENT.into(),

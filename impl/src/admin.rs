@@ -167,6 +167,27 @@ impl Admin {
             "compositions_jobs_connections_timed_out_total{{reason=\"keep_alive\"}} {idle}\n\
              compositions_jobs_connections_timed_out_total{{reason=\"header_read\"}} {slow_heads}\n"
         ));
+        let feed = self.store.changes().feed();
+        metrics::gauge(
+            &mut out,
+            "compositions_jobs_store_change_feed_up",
+            "1 while the change feed works (SQLite's watcher, PostgreSQL's NOTIFY listener); \
+             while 0, the read cache is off and long polls read the database.",
+            u8::from(feed.is_up()),
+        );
+        let (losses, recoveries) = feed.counts();
+        metrics::counter(
+            &mut out,
+            "compositions_jobs_store_change_feed_losses_total",
+            "Times the change feed stopped working (failed, or went silent).",
+            losses,
+        );
+        metrics::counter(
+            &mut out,
+            "compositions_jobs_store_change_feed_recoveries_total",
+            "Times the change feed worked again after a loss.",
+            recoveries,
+        );
         let (jobs, waiters) = self.store.changes().waiters();
         metrics::gauge(
             &mut out,

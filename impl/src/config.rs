@@ -167,6 +167,198 @@ pub struct PostgresConfig {
     /// How long one statement may take (also set as `statement_timeout`).
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
+    /// How long the NOTIFY listener's connection may be silent before it is
+    /// given up and made again (it is checked every half of this).
+    #[serde(with = "humantime_serde")]
+    pub listener_timeout: Duration,
+    /// TLS, as libpq's `sslmode`; an `sslmode` in the database URL wins.
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) that sign the server's certificate (libpq's
+    /// `sslrootcert`); unset, the system's roots. In the URL, it wins.
+    pub sslrootcert: Option<PathBuf>,
+    /// A client certificate (PEM) to present (`sslcert`), with `sslkey`.
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub sslkey: Option<PathBuf>,
+}
+
+/// TLS to PostgreSQL, with libpq's names and meanings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, without checking its certificate; plain
+    /// otherwise (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS always, without checking the certificate (unless `sslrootcert` is
+    /// set: then as `verify-ca`, as libpq does).
+    Require,
+    /// TLS, the certificate signed by a trusted CA, any host name.
+    VerifyCa,
+    /// TLS, the certificate signed by a trusted CA and naming the host: the one
+    /// to use wherever the network is shared.
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+
+    fn from_str(mode: &str) -> Result<Self, Self::Err> {
+        match mode {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            other => Err(format!(
+                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            )),
+        }
+    }
+}
+
+/// How to reach PostgreSQL over TLS: the database URL's TLS parameters over the
+/// `postgres.ssl*` keys. Each file is named with where it was set, for errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresTls {
+    /// The mode.
+    pub mode: SslMode,
+    /// The CA file, and the setting that named it.
+    pub root_cert: Option<(&'static str, PathBuf)>,
+    /// The client certificate and key files, and the settings that named them.
+    pub client: Option<((&'static str, PathBuf), (&'static str, PathBuf))>,
+}
+
+impl PostgresTls {
+    /// What `url`'s TLS parameters and `config`'s keys say together.
+    pub fn resolve(url: &str, config: &PostgresConfig) -> Result<Self, ConfigError> {
+        let (_, in_url) = split_postgres_url(url).map_err(|reason| invalid("database", reason))?;
+        let file = |from_url: Option<PathBuf>, key: &'static str, configured: &Option<PathBuf>| {
+            from_url
+                .map(|path| ("database", path))
+                .or_else(|| configured.clone().map(|path| (key, path)))
+        };
+        let mode = in_url.mode.unwrap_or(config.sslmode);
+        let root_cert = file(
+            in_url.root_cert,
+            "postgres.sslrootcert",
+            &config.sslrootcert,
+        );
+        let cert = file(in_url.cert, "postgres.sslcert", &config.sslcert);
+        let key = file(in_url.key, "postgres.sslkey", &config.sslkey);
+        let client = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some((named, _)), None) | (None, Some((named, _))) => {
+                return Err(invalid(
+                    named,
+                    "a client certificate needs both sslcert and sslkey",
+                ));
+            }
+        };
+        Ok(Self {
+            mode,
+            root_cert,
+            client,
+        })
+    }
+}
+
+impl PostgresTls {
+    /// The files and checks for rustls; `None` when TLS is off.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles<'_>> {
+        use crate::tls::{ClientIdentity, TlsFiles, Verify};
+        // As libpq: a CA file makes `prefer` and `require` check the chain.
+        let verify = match (self.mode, &self.root_cert) {
+            (SslMode::Disable, _) => return None,
+            (SslMode::Prefer | SslMode::Require, None) => Verify::Nothing,
+            (SslMode::Prefer | SslMode::Require | SslMode::VerifyCa, _) => Verify::ChainOnly,
+            (SslMode::VerifyFull, _) => Verify::Full,
+        };
+        Some(TlsFiles {
+            verify,
+            ca_key: self
+                .root_cert
+                .as_ref()
+                .map_or("postgres.sslrootcert", |(key, _)| key),
+            ca_file: self.root_cert.as_ref().map(|(_, path)| path.as_path()),
+            client: self
+                .client
+                .as_ref()
+                .map(|((cert_key, cert), (key_key, key))| ClientIdentity {
+                    cert_key,
+                    cert,
+                    key_key,
+                    key,
+                }),
+        })
+    }
+}
+
+/// The TLS parameters of a PostgreSQL URL.
+#[derive(Debug, Default)]
+pub(crate) struct UrlTls {
+    mode: Option<SslMode>,
+    root_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// Splits a PostgreSQL URL into the URL tokio-postgres reads (its TLS
+/// parameters taken out: it knows no `verify-*` mode and no certificate files)
+/// and those parameters.
+pub(crate) fn split_postgres_url(url: &str) -> Result<(String, UrlTls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), UrlTls::default()));
+    };
+    let mut tls = UrlTls::default();
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)?;
+        match name {
+            "sslmode" => tls.mode = Some(value.parse()?),
+            "sslrootcert" => tls.root_cert = Some(value.into()),
+            "sslcert" => tls.cert = Some(value.into()),
+            "sslkey" => tls.key = Some(value.into()),
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
+fn percent_decode(value: &str) -> Result<String, String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = value
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| format!("bad percent-encoding in {value:?}"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{value:?} is not UTF-8"))
 }
 
 /// HTTP server limits.
@@ -268,6 +460,11 @@ impl Default for PostgresConfig {
             acquire_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
             query_timeout: Duration::from_secs(5),
+            listener_timeout: Duration::from_secs(10),
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -371,6 +568,7 @@ impl Config {
             ("postgres.acquire_timeout", self.postgres.acquire_timeout),
             ("postgres.connect_timeout", self.postgres.connect_timeout),
             ("postgres.query_timeout", self.postgres.query_timeout),
+            ("postgres.listener_timeout", self.postgres.listener_timeout),
             ("polling.retry_after_min", self.polling.retry_after_min),
             (
                 "polling.change_check_interval",
@@ -393,6 +591,16 @@ impl Config {
             }
         }
         self.auth.check()?;
+        if let DatabaseUrl::Postgres(url) = &self.database {
+            // The certificate files are read now, so that a bad one stops the
+            // service at start with its key's name.
+            if let Some(files) = PostgresTls::resolve(url, &self.postgres)?.files() {
+                crate::tls::client_config(files).map_err(|e| ConfigError::Invalid {
+                    key: e.key,
+                    reason: e.reason,
+                })?;
+            }
+        }
         if self.jobs.purge_batch == 0 {
             return Err(invalid("jobs.purge_batch", "must be at least 1"));
         }
@@ -476,7 +684,9 @@ impl FromStr for DatabaseUrl {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            url.parse::<tokio_postgres::Config>()
+            let (driver_url, _) = split_postgres_url(url)?;
+            driver_url
+                .parse::<tokio_postgres::Config>()
                 .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
             return Ok(Self::Postgres(url.to_owned()));
         }

@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{AuthSetupError, Authenticator, Keys};
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::store::{Access, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,12 +159,17 @@ pub async fn start_server(
             source,
         })?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::Listener)?;
-    let store = Store::open(&config.database, &config.jobs, &config.postgres)
-        .await
-        .map_err(|source| StartError::Store {
-            database: config.database.to_string(),
-            source,
-        })?;
+    let store = Store::open(
+        &config.database,
+        &config.jobs,
+        &config.postgres,
+        Access::ReadWrite,
+    )
+    .await
+    .map_err(|source| StartError::Store {
+        database: config.database.to_string(),
+        source,
+    })?;
     let (authenticator, key_source) = Authenticator::from_config(&config.auth)?;
     let authenticator = Arc::new(authenticator);
     let metrics = Arc::new(metrics::Metrics::default());

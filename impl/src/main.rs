@@ -17,7 +17,7 @@ use compositions_jobs::http::mapping::ErrorChain;
 use compositions_jobs::jobs::{
     DEFAULT_ENTITY, Failure, Kind, LifecycleError, Link, NewJob, Outcome, Timestamp, Transition,
 };
-use compositions_jobs::store::{self, JobStore, Store, StoreError};
+use compositions_jobs::store::{self, Access, JobStore, Store, StoreError};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -167,6 +167,7 @@ impl From<StoreError> for Failed {
             StoreError::Lifecycle(LifecycleError::Conflict { .. }) | StoreError::IdTaken(_) => 4,
             StoreError::Lifecycle(LifecycleError::Invalid { .. }) => 2,
             StoreError::Backend { .. }
+            | StoreError::SchemaTooOld { .. }
             | StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt { .. } => 1,
         };
@@ -368,7 +369,16 @@ fn shutdown_signal() -> impl Future<Output = &'static str> {
 }
 
 async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
-    let store = Store::open(&config.database, &config.jobs, &config.postgres)
+    // A command that only reads writes nothing, not even a migration: it works
+    // with a role that may only SELECT.
+    let access = match command {
+        JobsCommand::Show { .. } => Access::ReadOnly,
+        JobsCommand::Create { .. }
+        | JobsCommand::Complete { .. }
+        | JobsCommand::Fail { .. }
+        | JobsCommand::Purge => Access::ReadWrite,
+    };
+    let store = Store::open(&config.database, &config.jobs, &config.postgres, access)
         .await
         .map_err(|e| {
             let mut failed = Failed::from(e);

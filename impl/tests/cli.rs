@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../tests/support/postgres.rs"]
+mod postgres;
 mod support;
 
 use std::path::Path;
@@ -311,6 +313,72 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         ),
         (&["serve", "--config", config][..], no_env, "jobs.ttl"),
     ];
+    // TLS to PostgreSQL: each bad setting before any connection is tried.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let pg = "postgres://postgres@127.0.0.1:5432/test";
+    let urls = [
+        (format!("{pg}?sslmode=verify"), "database"),
+        (
+            format!("{pg}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+            "database",
+        ),
+        (
+            format!("{pg}?sslmode=verify-full&sslrootcert={}", garbage.display()),
+            "database",
+        ),
+        (
+            format!("{pg}?sslmode=verify-ca&sslrootcert={}", empty.display()),
+            "database",
+        ),
+        (format!("{pg}?sslcert={}", garbage.display()), "database"),
+    ];
+    let keys = [
+        (
+            ("COMPOSITIONS_POSTGRES__SSLMODE", "allow"),
+            "postgres.sslmode",
+        ),
+        (
+            ("COMPOSITIONS_POSTGRES__SSLROOTCERT", "/nonexistent/ca.pem"),
+            "postgres.sslrootcert",
+        ),
+        (
+            (
+                "COMPOSITIONS_POSTGRES__SSLROOTCERT",
+                garbage.to_str().unwrap(),
+            ),
+            "postgres.sslrootcert",
+        ),
+    ];
+    for (url, key) in &urls {
+        let output = cli(dir.path())
+            .args(["jobs", "show", &Uuid::nil().to_string(), "--database", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(key), "{url} does not name {key}: {stderr}");
+    }
+    for ((name, value), key) in keys {
+        let output = cli(dir.path())
+            .env(name, value)
+            .args(["serve", "--database", pg])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{name}={value}: {stderr}");
+        // figment names a key from the environment in capitals.
+        assert!(
+            stderr.to_lowercase().contains(key),
+            "{name}={value} does not name {key}: {stderr}"
+        );
+    }
     for (args, env, key) in cases {
         let output = cli(dir.path())
             .envs(env.iter().copied())
@@ -480,4 +548,105 @@ fn sighup_reads_the_key_file_again() {
     let path = format!("/api/patients/composition/job/{id}");
     assert_eq!(get(server.address, &path, &token).0, 200);
     server.stop();
+}
+
+/// `jobs show` only reads: it migrates nothing and writes nothing, so a role
+/// that may only SELECT can use it; a schema older than the binary is named.
+#[tokio::test]
+async fn jobs_show_reads_with_a_role_that_may_only_select() {
+    let Some(schema) = postgres::TestSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let on = |url: &str| {
+        let mut command = cli(dir.path());
+        command.env("COMPOSITIONS_DATABASE", url);
+        command
+    };
+    let id = stdout(
+        &on(&schema.url)
+            .args(["jobs", "create", "--client-id", "mis-1"])
+            .output()
+            .unwrap(),
+    );
+    let role = format!("reader_{}", Uuid::new_v4().simple());
+    let name = schema.name().to_owned();
+    schema
+        .execute(&format!(
+            "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {name} TO {role}; \
+             GRANT SELECT ON ALL TABLES IN SCHEMA {name} TO {role}"
+        ))
+        .await
+        .unwrap();
+    let reader = schema.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(reader, schema.url);
+
+    let shown = on(&reader).args(["jobs", "show", &id]).output().unwrap();
+    let job: serde_json::Value = serde_json::from_str(&stdout(&shown)).unwrap();
+    assert_eq!(job["id"], id.as_str());
+    // Writing is refused to this role: a write would have failed the command.
+    let refused = on(&reader)
+        .args([
+            "jobs",
+            "complete",
+            &id,
+            "--href",
+            &format!("composition/{}", Uuid::new_v4()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+
+    schema
+        .execute("UPDATE jobs_schema_version SET version = 1")
+        .await
+        .unwrap();
+    let old = on(&reader).args(["jobs", "show", &id]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert_eq!(old.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("schema is version 1, older than this binary's 2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("serve"), "{stderr}");
+    schema
+        .execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+/// The same on SQLite: `jobs show` opens the file read-only and checks its
+/// schema; it never migrates one.
+#[test]
+fn jobs_show_never_migrates_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let file = dir.path().join("jobs.db");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .pragma_update(None, "user_version", 0)
+        .unwrap();
+    let old = run(dir.path(), &["jobs", "show", &id]);
+    let stderr = String::from_utf8_lossy(&old.stderr);
+    assert_eq!(old.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("older than this binary's"), "{stderr}");
+    let version: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 0, "jobs show migrated the file");
+    // A missing file is not made.
+    let missing = cli(dir.path())
+        .env(
+            "COMPOSITIONS_DATABASE",
+            format!("sqlite:{}", dir.path().join("none.db").display()),
+        )
+        .args(["jobs", "show", &id])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(!dir.path().join("none.db").exists());
 }

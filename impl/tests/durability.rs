@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compositions_jobs::config::{JobsConfig, PostgresConfig};
-use compositions_jobs::store::Store;
+use compositions_jobs::store::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_WORKERS, Producer, Server, check_every_ack, check_over_http,
     cli, get, producer_command, run, stdout,
@@ -130,9 +130,14 @@ async fn crash_and_restart(
     // transition, as the store and as a client see them.
     let server = Server::spawn(server_command());
     let url = database.parse().unwrap();
-    let store = Store::open(&url, &JobsConfig::default(), &PostgresConfig::default())
-        .await
-        .unwrap();
+    let store = Store::open(
+        &url,
+        &JobsConfig::default(),
+        &PostgresConfig::default(),
+        Access::ReadWrite,
+    )
+    .await
+    .unwrap();
     let (landed_unacked, statuses) = check_every_ack(&store, &ledger).await;
     assert!(landed_unacked <= ledger.in_flight());
     let sample: Vec<Uuid> = ledger

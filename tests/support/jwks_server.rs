@@ -4,7 +4,7 @@
 //! nothing at all), and counting the fetches.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,11 +13,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::tls::TestCa;
 
 /// What the endpoint answers.
 #[derive(Clone, Debug)]
@@ -46,78 +45,6 @@ impl Answer {
             body: serde_json::json!({ "keys": keys }).to_string(),
             max_age,
         }
-    }
-}
-
-/// A CA of the test's own, and a server certificate it signed.
-pub struct TestCa {
-    dir: tempfile::TempDir,
-    server_chain: Vec<CertificateDer<'static>>,
-    server_key: PrivateKeyDer<'static>,
-}
-
-impl TestCa {
-    /// A CA, and a certificate it signs for `names` (DNS names or IP addresses).
-    pub fn new(names: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "compositions-jobs test CA");
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let server_key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let server_cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
-        std::fs::write(dir.path().join("server.pem"), server_cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join("server-key.pem"),
-            server_key.serialize_pem(),
-        )
-        .unwrap();
-        Self {
-            server_chain: vec![server_cert.der().clone()],
-            server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-            dir,
-        }
-    }
-
-    /// The CA certificate, PEM.
-    pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// The server certificate and its key, PEM files.
-    pub fn server_files(&self) -> (PathBuf, PathBuf) {
-        (
-            self.dir.path().join("server.pem"),
-            self.dir.path().join("server-key.pem"),
-        )
-    }
-
-    /// A rustls server configuration presenting the server certificate.
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
-        .unwrap();
-        Arc::new(config)
-    }
-
-    /// The folder holding the files.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod jwks_server;
 pub mod php;
 pub mod postgres;
 pub mod raw;
+pub mod tls;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use compositions_api::{Api, Client, GetAsyncJobStatusResponse};
 use compositions_jobs::config::{AuthMode, Config, DatabaseUrl};
 use compositions_jobs::jobs::{Failure, Job, Kind, Link, NewJob, Outcome, Timestamp};
-use compositions_jobs::store::{JobStore, Store};
+use compositions_jobs::store::{Access, JobStore, Store};
 use compositions_jobs::{ServerHandle, start_server};
 use swagger::{ApiError, AuthData, Has, XSpanIdString};
 use tempfile::TempDir;
@@ -89,9 +90,14 @@ impl TestContext {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start_server(config.clone(), listener).await.unwrap();
-        let store = Store::open(&config.database, &config.jobs, &config.postgres)
-            .await
-            .unwrap();
+        let store = Store::open(
+            &config.database,
+            &config.jobs,
+            &config.postgres,
+            Access::ReadWrite,
+        )
+        .await
+        .unwrap();
         Self {
             addr: server.local_addr(),
             dir,

@@ -35,6 +35,11 @@ pub struct TestSchema {
 }
 
 impl TestSchema {
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A new empty schema, or `None` when PostgreSQL tests are disabled.
     pub async fn create() -> Option<Self> {
         let server = server_url()?;
@@ -106,9 +111,37 @@ pub struct PrivateServer {
     port: u16,
 }
 
+/// How a private server accepts connections over TLS.
+#[derive(Clone)]
+pub enum ServerTls {
+    /// No TLS at all (`ssl = off`).
+    Off,
+    /// TLS with this certificate; password-less `trust` otherwise.
+    On(ServerCertificate),
+    /// TLS only, and clients must present a certificate the CA signed whose
+    /// common name is the user (`hostssl … cert`).
+    ClientCertificates(ServerCertificate),
+}
+
+/// The server's certificate and key, and the CA that signs its clients', PEM.
+#[derive(Clone)]
+pub struct ServerCertificate {
+    /// The certificate.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// The CA whose client certificates are accepted.
+    pub ca: std::path::PathBuf,
+}
+
 impl PrivateServer {
     /// `initdb` and start a new cluster; `None` when PostgreSQL tests are disabled.
     pub fn start() -> Option<Self> {
+        Self::start_with(ServerTls::Off)
+    }
+
+    /// As [`Self::start`], with `tls`.
+    pub fn start_with(tls: ServerTls) -> Option<Self> {
         server_url()?;
         let dir = tempfile::tempdir().expect("a temporary folder");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -131,13 +164,56 @@ impl PrivateServer {
                 "UTF8",
             ],
         );
+        server.configure_tls(tls);
         server.start_again();
         Some(server)
+    }
+
+    fn configure_tls(&self, tls: ServerTls) {
+        let files = match &tls {
+            ServerTls::Off => return,
+            ServerTls::On(files) | ServerTls::ClientCertificates(files) => files,
+        };
+        let data = std::path::PathBuf::from(self.data());
+        for (from, to) in [
+            (&files.cert, "server.pem"),
+            (&files.key, "server-key.pem"),
+            (&files.ca, "ca.pem"),
+        ] {
+            std::fs::copy(from, data.join(to)).expect("a certificate file");
+            std::fs::set_permissions(
+                data.join(to),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("permissions");
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server-key.pem'\nssl_ca_file = 'ca.pem'\n",
+        )
+        .expect("postgresql.conf");
+        if let ServerTls::ClientCertificates(_) = tls {
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 cert\n",
+            )
+            .expect("pg_hba.conf");
+        }
+        self.hand_over_to_postgres_user();
     }
 
     /// A URL for the cluster's `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts the stopped server on the same port and data.
@@ -186,7 +262,7 @@ impl PrivateServer {
     fn hand_over_to_postgres_user(&self) {
         if Self::running_as_root() {
             let status = Command::new("chown")
-                .args(["postgres:postgres"])
+                .args(["-R", "postgres:postgres"])
                 .arg(self.dir.path())
                 .status();
             assert!(

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
 use compositions_jobs::config::{Config, DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{Failure, Kind, Link, NewJob, Outcome, Timestamp};
-use compositions_jobs::store::{JobStore, Store};
+use compositions_jobs::store::{Access, JobStore, Store};
 use jsonwebtoken::EncodingKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -585,7 +585,7 @@ async fn open(database: &str) -> Result<Store, Failed> {
         ttl: TTL,
         ..JobsConfig::default()
     };
-    Ok(Store::open(&url, &jobs, &PostgresConfig::default()).await?)
+    Ok(Store::open(&url, &jobs, &PostgresConfig::default(), Access::ReadWrite).await?)
 }
 
 async fn seed(database: &str, client_id: &str, count: usize, pending: bool) -> Result<(), Failed> {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::tls::{self, TlsError, TlsFiles};
+use crate::tls::{self, TlsError, TlsFiles, Verify};
 
 /// The largest JWKS document accepted; real ones are a few kilobytes.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -104,6 +104,7 @@ impl Fetcher {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tls = if https {
             let config = tls::client_config(TlsFiles {
+                verify: Verify::Full,
                 ca_key: "auth.jwks_ca_file",
                 ca_file,
                 client: None,

@@ -7,7 +7,7 @@
 //! only while someone waits for its job, so memory follows the waiters.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -22,6 +22,42 @@ pub struct Changes {
     signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     cache: JobCache,
     reads: StoreReads,
+    feed: Feed,
+}
+
+/// Whether the change feed (SQLite's watcher, PostgreSQL's NOTIFY listener)
+/// works now, and how often it was lost and got back, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Feed {
+    up: AtomicBool,
+    losses: AtomicU64,
+    recoveries: AtomicU64,
+}
+
+/// What a change of the feed's state was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedChange {
+    /// It was working and is not.
+    Lost,
+    /// It works again after a loss.
+    Recovered,
+    /// It works for the first time, or nothing changed.
+    Unchanged,
+}
+
+impl Feed {
+    /// Whether it works now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Losses and recoveries so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.losses.load(Ordering::Relaxed),
+            self.recoveries.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// The polling path's reads that reached the database (the read cache's misses),
@@ -88,6 +124,39 @@ impl Changes {
             signals: Mutex::default(),
             cache,
             reads: StoreReads::default(),
+            feed: Feed::default(),
+        }
+    }
+
+    /// The change feed's state.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    /// The change feed works (`up`) or not. While it does not, the read cache is
+    /// off and every waiter is woken to look for itself, since transitions may
+    /// go unheard; from the moment it works, the cache may serve again.
+    pub fn set_feed(&self, up: bool) -> FeedChange {
+        if up {
+            // Anything that finished before the feed came back: forgotten, then
+            // everyone looks again.
+            self.cache.forget_pending();
+            self.cache.set_live(true);
+        } else {
+            self.cache.set_live(false);
+        }
+        self.notify_all();
+        let was = self.feed.up.swap(up, Ordering::AcqRel);
+        match (was, up) {
+            (true, false) => {
+                self.feed.losses.fetch_add(1, Ordering::Relaxed);
+                FeedChange::Lost
+            }
+            (false, true) if self.feed.losses.load(Ordering::Relaxed) > 0 => {
+                self.feed.recoveries.fetch_add(1, Ordering::Relaxed);
+                FeedChange::Recovered
+            }
+            _ => FeedChange::Unchanged,
         }
     }
 

@@ -10,6 +10,7 @@
 mod cache;
 pub mod changes;
 mod postgres;
+mod postgres_tls;
 mod sqlite;
 
 use std::future::Future;
@@ -50,6 +51,18 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// Read-only use of a database whose schema is older than this binary's
+    /// (which only `serve` or a writing command may migrate).
+    #[error(
+        "the job store's schema is version {found}, older than this binary's {known}: \
+         `compositions-jobs serve` (or any command that writes) migrates it"
+    )]
+    SchemaTooOld {
+        /// The version in the database (0: none).
+        found: i64,
+        /// The version this binary knows.
+        known: i64,
+    },
     /// The database holds a schema this binary does not know.
     #[error("the job store's schema is version {found}, newer than this binary's {known}")]
     SchemaTooNew {
@@ -77,6 +90,26 @@ impl StoreError {
             operation,
             source: Box::new(source),
         }
+    }
+}
+
+/// What a store is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reads and writes; migrates the schema first.
+    ReadWrite,
+    /// Reads only: writes nothing at all (no migration), so a role that may only
+    /// `SELECT` (or a read-only file) will do; the schema must be current.
+    ReadOnly,
+}
+
+/// Whether a schema of version `found` may be read by this binary, which knows
+/// `known`, without migrating.
+pub(crate) fn check_version(found: i64, known: i64) -> Result<(), StoreError> {
+    match found.cmp(&known) {
+        std::cmp::Ordering::Less => Err(StoreError::SchemaTooOld { found, known }),
+        std::cmp::Ordering::Greater => Err(StoreError::SchemaTooNew { found, known }),
+        std::cmp::Ordering::Equal => Ok(()),
     }
 }
 
@@ -153,17 +186,21 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the database at `url`, applying migrations. `jobs` gives the TTL and
-    /// the read cache; `postgres` sizes the pool when `url` is PostgreSQL.
+    /// Opens the database at `url` for `access` (read-write applies migrations).
+    /// `jobs` gives the TTL and the read cache; `postgres` sizes the pool and sets
+    /// TLS when `url` is PostgreSQL.
     pub async fn open(
         url: &DatabaseUrl,
         jobs: &JobsConfig,
         postgres: &PostgresConfig,
+        access: Access,
     ) -> Result<Self, StoreError> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(SqliteStore::open(path, jobs).await?)),
+            DatabaseUrl::Sqlite(path) => {
+                Ok(Self::Sqlite(SqliteStore::open(path, jobs, access).await?))
+            }
             DatabaseUrl::Postgres(url) => Ok(Self::Postgres(
-                PostgresStore::open(url, jobs, postgres).await?,
+                PostgresStore::open(url, jobs, postgres, access).await?,
             )),
         }
     }

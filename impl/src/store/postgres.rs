@@ -20,15 +20,20 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
 };
 use tokio::sync::watch;
+use tokio_postgres::AsyncMessage;
+use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres::types::Json;
-use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::changes::FeedChange;
+use super::postgres_tls::MakeRustls;
 use super::{
-    Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column, outcome_columns,
+    Access, Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column,
+    outcome_columns,
 };
-use crate::config::{JobsConfig, PostgresConfig};
+use crate::config::{JobsConfig, PostgresConfig, PostgresTls, SslMode, split_postgres_url};
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
+use crate::tls::{self, TlsFiles, Verify};
 
 /// Each entry upgrades the schema by one version (`jobs_schema_version`).
 const MIGRATIONS: &[&str] = &[
@@ -68,9 +73,31 @@ pub struct PostgresStore {
     pool: Pool,
     /// For the listener's own connection, outside the pool.
     config: Arc<tokio_postgres::Config>,
+    tls: MakeRustls,
     ttl: Duration,
+    connect_timeout: Duration,
     query_timeout: Duration,
+    listener_timeout: Duration,
     changes: Arc<Changes>,
+}
+
+/// Why the NOTIFY listener's connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenerError {
+    /// PostgreSQL or the network said so.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The server closed the connection.
+    #[error("PostgreSQL closed the connection")]
+    Closed,
+    /// Nothing came back in time: the peer or the network went silent.
+    #[error("no answer to {step} within {within:?}")]
+    Silent {
+        /// What was waited for.
+        step: &'static str,
+        /// How long.
+        within: Duration,
+    },
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -98,14 +125,21 @@ impl PostgresStore {
         self.pool.status()
     }
 
-    /// Connects to `url` with the pool `config` and applies migrations.
+    /// Connects to `url` with the pool `config`, over TLS as its `sslmode` and
+    /// `postgres.ssl*` say, and applies migrations (or, read-only, checks that
+    /// none is due).
     pub async fn open(
         url: &str,
         jobs: &JobsConfig,
         config: &PostgresConfig,
+        access: Access,
     ) -> Result<Self, StoreError> {
         let ttl = jobs.ttl;
-        let mut pg: tokio_postgres::Config = url
+        let tls_settings = PostgresTls::resolve(url, config)
+            .map_err(|e| StoreError::backend("read the TLS settings", e))?;
+        let (driver_url, _) = split_postgres_url(url)
+            .map_err(|e| StoreError::backend("parse the URL", std::io::Error::other(e)))?;
+        let mut pg: tokio_postgres::Config = driver_url
             .parse()
             .map_err(|e| StoreError::backend("parse the URL", e))?;
         let statement_timeout =
@@ -118,17 +152,36 @@ impl PostgresStore {
             pg.application_name("compositions-jobs");
         }
         pg.options(&options)
+            .ssl_mode(match tls_settings.mode {
+                SslMode::Disable => DriverSslMode::Disable,
+                SslMode::Prefer => DriverSslMode::Prefer,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                    DriverSslMode::Require
+                }
+            })
             .connect_timeout(config.connect_timeout)
             // Notice a server that vanished without closing the connection.
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
+        // With `disable` the connector is never asked for; it checks nothing.
+        let files = tls_settings.files().unwrap_or(TlsFiles {
+            verify: Verify::Nothing,
+            ca_key: "postgres.sslrootcert",
+            ca_file: None,
+            client: None,
+        });
+        let tls = MakeRustls::new(
+            tls::client_config(files).map_err(|e| StoreError::backend("configure TLS", e))?,
+        );
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // The whole of making a connection (socket, TLS, startup) is bounded by
+        // `create_timeout`, not only the socket as tokio-postgres' own is.
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)
@@ -140,15 +193,21 @@ impl PostgresStore {
         let store = Self {
             pool,
             config: Arc::new(pg),
+            tls,
             ttl,
+            connect_timeout: config.connect_timeout,
             query_timeout: config.query_timeout,
+            listener_timeout: config.listener_timeout,
             changes: Arc::new(Changes::new(JobCache::new(
                 jobs.read_cache_entries,
                 jobs.read_cache_max_age,
                 ttl,
             ))),
         };
-        store.migrate().await?;
+        match access {
+            Access::ReadWrite => store.migrate().await?,
+            Access::ReadOnly => store.check_schema().await?,
+        }
         Ok(store)
     }
 
@@ -159,27 +218,39 @@ impl PostgresStore {
 
     /// Wakes waiters on the `NOTIFY` that the `jobs` trigger sends whenever any
     /// process finishes a job: one connection per instance, outside the pool,
-    /// reconnecting by itself. After a reconnection every waiter looks again, since
-    /// notifications sent meanwhile are lost.
+    /// made again whenever it fails or goes silent.
+    ///
+    /// The feed is always either working or known to be down: each step of
+    /// connecting is bounded (`postgres.connect_timeout` for the socket, TLS and
+    /// the start-up, `postgres.query_timeout` for `LISTEN`), and a heartbeat
+    /// on the connection every half of `postgres.listener_timeout` must answer
+    /// within the other half. While it is down the read cache is off and every
+    /// waiter looks for itself, since notifications are lost; each loss and
+    /// recovery is logged and counted.
     pub async fn watch_changes(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = LISTEN_BACKOFF_MIN;
+        let mut down_since: Option<Instant> = None;
         loop {
             let started = Instant::now();
             let ended = tokio::select! {
-                ended = self.listen() => ended,
+                ended = self.listen(&mut down_since) => ended,
                 _ = shutdown.changed() => {
                     self.changes.cache().set_live(false);
                     return;
                 }
             };
-            if let Err(e) = ended {
-                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), retry_in = ?backoff, "the NOTIFY listener lost PostgreSQL");
-            }
-            // Notifications were lost meanwhile: no cache, and every waiter looks again.
-            self.changes.cache().set_live(false);
-            self.changes.notify_all();
+            // A connection that worked for a while starts the back-off afresh.
             if started.elapsed() > LISTEN_BACKOFF_MAX {
                 backoff = LISTEN_BACKOFF_MIN;
+            }
+            let error = crate::http::mapping::ErrorChain(&ended).to_string();
+            if self.changes.set_feed(false) == FeedChange::Lost {
+                down_since = Some(Instant::now());
+                tracing::warn!(error, retry_in = ?backoff,
+                    "the NOTIFY listener lost PostgreSQL; long polls read the database until it is back");
+            } else {
+                tracing::warn!(error, retry_in = ?backoff,
+                    "the NOTIFY listener cannot reach PostgreSQL");
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -189,10 +260,19 @@ impl PostgresStore {
         }
     }
 
-    async fn listen(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+    /// One listening connection, until it fails or goes silent (never `Ok`).
+    async fn listen(&self, down_since: &mut Option<Instant>) -> ListenerError {
+        let silent = |step, within| ListenerError::Silent { step, within };
+        let connected =
+            tokio::time::timeout(self.connect_timeout, self.config.connect(self.tls.clone())).await;
+        let (client, mut connection) = match connected {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(e)) => return e.into(),
+            Err(_) => return silent("connecting", self.connect_timeout),
+        };
         let changes = &self.changes;
-        // The connection yields the notifications; it must be polled while LISTEN runs.
+        // The connection yields the notifications and the answers to the
+        // heartbeat; it is polled all the while.
         let deliver = async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
@@ -202,21 +282,33 @@ impl PostgresStore {
                         }
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
-                    None => return Ok(()),
+                    Some(Err(e)) => return e.into(),
+                    None => return ListenerError::Closed,
                 }
             }
         };
         let subscribe = async {
-            client
-                .batch_execute(concat!("LISTEN ", notify_channel!()))
-                .await?;
-            // Anything that finished before LISTEN took effect: from now on every
-            // transition is heard, so the cache may serve.
-            changes.cache().forget_pending();
-            changes.cache().set_live(true);
-            changes.notify_all();
-            std::future::pending().await
+            let listen = client.batch_execute(concat!("LISTEN ", notify_channel!()));
+            match tokio::time::timeout(self.query_timeout, listen).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return e.into(),
+                Err(_) => return silent("LISTEN", self.query_timeout),
+            }
+            // From now on every transition is heard: the cache may serve, after
+            // forgetting what may have finished unheard.
+            if changes.set_feed(true) == FeedChange::Recovered {
+                let down_for = down_since.take().map(|since| since.elapsed());
+                tracing::info!(down_for = ?down_for, "the NOTIFY listener is back");
+            }
+            let half = self.listener_timeout / 2;
+            loop {
+                tokio::time::sleep(half).await;
+                match tokio::time::timeout(half, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return e.into(),
+                    Err(_) => return silent("the heartbeat", half),
+                }
+            }
         };
         tokio::select! {
             ended = deliver => ended,
@@ -241,6 +333,32 @@ impl PostgresStore {
             drop(Object::take(client));
             Err(StoreError::backend(operation, TimedOut(self.query_timeout)))
         })
+    }
+
+    /// For read-only use: the schema must be exactly this binary's, and nothing
+    /// is written (a role that may only `SELECT` can read).
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+        self.with_client("check the schema", async |client| {
+            let failed = |e| StoreError::backend("check the schema", e);
+            let exists: bool = client
+                .query_one("SELECT to_regclass('jobs_schema_version') IS NOT NULL", &[])
+                .await
+                .map_err(failed)?
+                .get(0);
+            let found: i64 = if exists {
+                client
+                    .query_opt("SELECT max(version) FROM jobs_schema_version", &[])
+                    .await
+                    .map_err(failed)?
+                    .and_then(|row| row.get::<_, Option<i64>>(0))
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            super::check_version(found, known)
+        })
+        .await
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

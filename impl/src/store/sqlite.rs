@@ -19,7 +19,8 @@ use uuid::Uuid;
 use tokio::sync::watch;
 
 use super::{
-    Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column, outcome_columns,
+    Access, Changes, Created, Finished, JobCache, JobStore, Row, StoreError, column,
+    outcome_columns,
 };
 use crate::config::JobsConfig;
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
@@ -50,7 +51,8 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     ttl: Duration,
-    writer: Mutex<Connection>,
+    /// `None` when opened read-only.
+    writer: Option<Mutex<Connection>>,
     readers: Box<[Mutex<Connection>]>,
     next_reader: AtomicUsize,
     /// Its `PRAGMA data_version` changes when any other connection commits.
@@ -68,13 +70,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the file at `path` and applies migrations.
+    /// Opens (creating if needed) the file at `path` and applies migrations;
+    /// read-only, opens an existing file and checks its schema, writing nothing.
     /// The folder must exist.
-    pub async fn open(path: &Path, jobs: &JobsConfig) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, jobs: &JobsConfig, access: Access) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let cache = JobCache::new(jobs.read_cache_entries, jobs.read_cache_max_age, jobs.ttl);
         let ttl = jobs.ttl;
-        let inner = tokio::task::spawn_blocking(move || Inner::open(path, ttl, cache))
+        let inner = tokio::task::spawn_blocking(move || Inner::open(path, ttl, cache, access))
             .await
             .map_err(|e| StoreError::backend("open the database", e))??;
         Ok(Self {
@@ -112,7 +115,10 @@ impl SqliteStore {
                 }
             }
             let looked = self.wake_finished(&mut seen);
-            self.inner.changes.cache().set_live(looked.is_ok());
+            let changes = &self.inner.changes;
+            if looked.is_ok() != changes.feed().is_up() {
+                changes.set_feed(looked.is_ok());
+            }
             if let Err(e) = looked {
                 tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "looking for finished jobs failed");
             }
@@ -157,7 +163,13 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            write(&mut lock(&inner.writer)).map_err(|e| explain(e, &inner.path))
+            let writer = inner.writer.as_ref().ok_or_else(|| {
+                StoreError::backend(
+                    "write",
+                    std::io::Error::other("the store was opened read-only"),
+                )
+            })?;
+            write(&mut lock(writer)).map_err(|e| explain(e, &inner.path))
         })
         .await
         .map_err(|e| StoreError::backend("run a write", e))?
@@ -165,9 +177,22 @@ impl SqliteStore {
 }
 
 impl Inner {
-    fn open(path: PathBuf, ttl: Duration, cache: JobCache) -> Result<Self, StoreError> {
+    fn open(
+        path: PathBuf,
+        ttl: Duration,
+        cache: JobCache,
+        access: Access,
+    ) -> Result<Self, StoreError> {
         check_folder(&path)?;
-        let writer = open_writer(&path).map_err(|e| explain(e, &path))?;
+        let writer = match access {
+            Access::ReadWrite => Some(open_writer(&path).map_err(|e| explain(e, &path))?),
+            Access::ReadOnly => {
+                let reader =
+                    open_reader(&path).map_err(|e| StoreError::backend("open read-only", e))?;
+                check_schema(&reader)?;
+                None
+            }
+        };
 
         let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
         let readers = (0..count)
@@ -178,7 +203,7 @@ impl Inner {
         Ok(Self {
             path,
             ttl,
-            writer: Mutex::new(writer),
+            writer: writer.map(Mutex::new),
             readers: readers.into_boxed_slice(),
             next_reader: AtomicUsize::new(0),
             watcher: Mutex::new(watcher),
@@ -317,6 +342,15 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let connection = Connection::open_with_flags(path, flags)?;
     connection.busy_timeout(READER_BUSY_TIMEOUT)?;
     Ok(connection)
+}
+
+/// For read-only use: the schema is exactly this binary's; nothing is written.
+fn check_schema(connection: &Connection) -> Result<(), StoreError> {
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let found: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| StoreError::backend("check the schema", e))?;
+    super::check_version(found, known)
 }
 
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {

@@ -350,7 +350,7 @@ pub fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
 pub async fn producer_main() {
     use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
     use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
-    use compositions_jobs::store::{JobStore, Store};
+    use compositions_jobs::store::{Access, JobStore, Store};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let Ok(url) = std::env::var(PRODUCER_DATABASE) else {
@@ -372,7 +372,14 @@ pub async fn producer_main() {
     say(String::new());
 
     let url: DatabaseUrl = url.parse().unwrap();
-    let store = match Store::open(&url, &JobsConfig::default(), &PostgresConfig::default()).await {
+    let store = match Store::open(
+        &url,
+        &JobsConfig::default(),
+        &PostgresConfig::default(),
+        Access::ReadWrite,
+    )
+    .await
+    {
         Ok(store) => store,
         Err(e) => {
             say(format!("open-failed {}", chain(e)));
