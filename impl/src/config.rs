@@ -226,10 +226,13 @@ pub struct PostgresTls {
     /// The mode.
     pub mode: SslMode,
     /// The CA file, and the setting that named it.
-    pub root_cert: Option<(&'static str, PathBuf)>,
+    pub root_cert: Option<NamedFile>,
     /// The client certificate and key files, and the settings that named them.
-    pub client: Option<((&'static str, PathBuf), (&'static str, PathBuf))>,
+    pub client: Option<(NamedFile, NamedFile)>,
 }
+
+/// A file, and the setting that named it (for errors).
+pub type NamedFile = (&'static str, PathBuf);
 
 impl PostgresTls {
     /// What `url`'s TLS parameters and `config`'s keys say together.

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[allow(dead_code)]
 #[path = "../../tests/support/postgres.rs"]
 mod postgres;
 mod support;

@@ -8,6 +8,7 @@ pub mod jwks_server;
 pub mod php;
 pub mod postgres;
 pub mod raw;
+pub mod relay;
 pub mod tls;
 pub mod tokens;
 

@@ -1,0 +1,204 @@
+//! PostgreSQL's change feed when the network goes silent rather than failing:
+//! the service reaches PostgreSQL through a relay the test controls, which can
+//! hold the NOTIFY listener's connection open and let nothing through. The feed
+//! must always be either working or known to be down, and long polls must hear
+//! of transitions made by other processes either way.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use compositions_jobs::config::{Config, DatabaseUrl};
+use compositions_jobs::jobs::{Link, Outcome, Timestamp};
+use compositions_jobs::store::{Access, JobStore, Store};
+use compositions_tests::postgres::TestSchema;
+use compositions_tests::relay::Relay;
+use compositions_tests::{TestContext, job_path, raw, sample, tokens};
+use uuid::Uuid;
+
+const LISTENER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait before the listener connects again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// What this shared machine may add to any deadline.
+const SLACK: Duration = Duration::from_millis(1500);
+
+/// The test schema's URL, through `relay`, in plain text (the relay reads it).
+fn through(relay: &Relay, schema: &TestSchema) -> String {
+    let (_, rest) = schema.url.split_once('@').unwrap();
+    let (_, path) = rest.split_once('/').unwrap();
+    format!(
+        "postgres://postgres@{}/{path}&sslmode=disable",
+        relay.addr()
+    )
+}
+
+fn upstream(schema: &TestSchema) -> SocketAddr {
+    let (_, rest) = schema.url.split_once('@').unwrap();
+    let (authority, _) = rest.split_once('/').unwrap();
+    use std::net::ToSocketAddrs;
+    authority.to_socket_addrs().unwrap().next().unwrap()
+}
+
+fn configure(config: &mut Config, url: String) {
+    config.database = DatabaseUrl::Postgres(url);
+    config.postgres.listener_timeout = LISTENER_TIMEOUT;
+    config.postgres.connect_timeout = Duration::from_secs(2);
+    config.postgres.query_timeout = Duration::from_secs(2);
+}
+
+async fn metric(ctx: &TestContext, name: &str) -> f64 {
+    sample(&ctx.metrics().await, name)
+}
+
+async fn until(what: &str, within: Duration, condition: impl AsyncFn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A long poll of `job` (up to 25 s), answered when it finishes; resolves to the
+/// status it read and when the answer came.
+fn long_poll(ctx: &TestContext, job: Uuid) -> tokio::task::JoinHandle<(String, Instant)> {
+    let (addr, path) = (ctx.addr, job_path(job));
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    tokio::spawn(async move {
+        let response = raw::request(
+            addr,
+            "GET",
+            &path,
+            &[("Authorization", &bearer), ("Prefer", "wait=25")],
+        )
+        .await;
+        assert_eq!(response.status, 200);
+        let status = response.json()["data"]["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (status, Instant::now())
+    })
+}
+
+async fn done(producer: &Store, id: Uuid) {
+    let link = Link::new(
+        "eHealth/resources",
+        format!("composition/{}", Uuid::new_v4()),
+    )
+    .unwrap();
+    producer
+        .finish(id, Outcome::Done(vec![link]), Timestamp::now())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_listener_is_noticed_and_long_polls_still_hear_of_transitions() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let relay = Relay::start(upstream(&schema)).await;
+    let url = through(&relay, &schema);
+    let ctx = TestContext::with_config(|config| configure(config, url)).await;
+    // Another process: its own connections, straight to PostgreSQL.
+    let producer = Store::open(
+        &DatabaseUrl::Postgres(schema.url.clone()),
+        &ctx.config.jobs,
+        &ctx.config.postgres,
+        Access::ReadWrite,
+    )
+    .await
+    .unwrap();
+    until("the feed is up", Duration::from_secs(5), async || {
+        metric(&ctx, "compositions_jobs_store_change_feed_up").await == 1.0
+    })
+    .await;
+
+    // The network goes silent on the listener's connection.
+    let job = ctx.create_job("mis-1").await.id;
+    let waiting = long_poll(&ctx, job);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay.silence_listeners(true);
+    let silent_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done(&producer, job).await;
+    let (status, answered) = waiting.await.unwrap();
+    assert_eq!(status, "DONE");
+    let took = answered - silent_at;
+    assert!(
+        took < LISTENER_TIMEOUT + FIRST_BACKOFF + SLACK,
+        "the long poll heard of it {took:?} after the silence began"
+    );
+    assert_eq!(
+        metric(&ctx, "compositions_jobs_store_change_feed_up").await,
+        0.0
+    );
+    assert!(metric(&ctx, "compositions_jobs_store_change_feed_losses_total").await >= 1.0);
+
+    // Still silent: every try to listen again is silent too, and given up in
+    // time; long polls keep hearing, within a try and a back-off.
+    let job = ctx.create_job("mis-1").await.id;
+    let waiting = long_poll(&ctx, job);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finished_at = Instant::now();
+    done(&producer, job).await;
+    let (status, answered) = waiting.await.unwrap();
+    assert_eq!(status, "DONE");
+    let took = answered - finished_at;
+    // A try: connect, then LISTEN until query_timeout; the back-off is at most 5 s.
+    assert!(
+        took < Duration::from_secs(2) + Duration::from_secs(5) + SLACK,
+        "{took:?} while the listener stays silent"
+    );
+
+    // The network works again: the feed is back, and wakes long polls at once.
+    relay.silence_listeners(false);
+    until("the feed is back", Duration::from_secs(10), async || {
+        metric(&ctx, "compositions_jobs_store_change_feed_up").await == 1.0
+    })
+    .await;
+    assert!(metric(&ctx, "compositions_jobs_store_change_feed_recoveries_total").await >= 1.0);
+    let job = ctx.create_job("mis-1").await.id;
+    let waiting = long_poll(&ctx, job);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finished_at = Instant::now();
+    done(&producer, job).await;
+    let (status, answered) = waiting.await.unwrap();
+    assert_eq!(status, "DONE");
+    assert!(
+        answered - finished_at < Duration::from_millis(500),
+        "{:?} once the feed is back",
+        answered - finished_at
+    );
+    producer.close();
+}
+
+/// A server that accepts the connection and then says nothing: connecting is
+/// given up within `postgres.connect_timeout`, start-up included (tokio-postgres'
+/// own timeout covers only the socket).
+#[tokio::test]
+async fn a_server_that_never_answers_the_start_up_is_given_up_in_time() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let relay = Relay::start(upstream(&schema)).await;
+    relay.silence_new_connections(true);
+    let mut config = Config {
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        dev: true,
+        data_dir: tempfile::tempdir().unwrap().keep(),
+        ..Config::default()
+    };
+    configure(&mut config, through(&relay, &schema));
+    let config = config.validated().unwrap();
+    let started = Instant::now();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = compositions_jobs::start_server(config, listener).await;
+    assert!(refused.is_err(), "it started on a silent server");
+    assert!(
+        started.elapsed() < Duration::from_secs(2) + SLACK,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
