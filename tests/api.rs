@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use compositions_api::GetAsyncJobStatusResponse;
 use compositions_api::models;
+use compositions_jobs::JobStore;
 use compositions_jobs::jobs::{Failure, Link, Outcome, Status, Timestamp};
-use compositions_jobs::store::JobStore;
 use compositions_tests::tokens::{self, TestKey};
 use compositions_tests::{TestContext, job_path};
 use regex::Regex;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use compositions_jobs::config::{Config, DatabaseUrl};
 use compositions_jobs::jobs::{Link, Outcome, Timestamp};
-use compositions_jobs::store::{Access, JobStore, Store};
+use compositions_jobs::{Access, JobStore, Store};
 use compositions_tests::postgres::TestSchema;
 use compositions_tests::relay::Relay;
 use compositions_tests::{TestContext, job_path, raw, sample, tokens};

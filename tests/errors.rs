@@ -280,3 +280,133 @@ async fn a_request_without_exactly_one_valid_host_is_400() {
         }
     }
 }
+
+/// The status each response of getAsyncJobStatus has in the spec, by its
+/// `x-response-id`: read from the spec, so that this test holds whatever codes
+/// it gives (the drift suite changes them).
+fn declared(response_id: &str) -> u16 {
+    let spec: serde_norway::Value = serde_norway::from_str(compositions_jobs::SPEC).unwrap();
+    let responses = spec["paths"]["/api/patients/composition/job/{asyncJobId}"]["get"]["responses"]
+        .as_mapping()
+        .unwrap();
+    responses
+        .iter()
+        .find(|(_, response)| response["x-response-id"].as_str() == Some(response_id))
+        .map(|(code, _)| {
+            code.as_str()
+                .map_or_else(|| code.as_u64().unwrap(), |code| code.parse().unwrap())
+        })
+        .and_then(|code| u16::try_from(code).ok())
+        .unwrap_or_else(|| panic!("{response_id} is not a response of the spec"))
+}
+
+/// Each status is stated once: whoever makes an answer (the handler, the
+/// router, the layers before it), its HTTP status and its `meta.code` are the
+/// code the spec gives that response.
+#[tokio::test]
+async fn every_answer_states_the_status_the_spec_gives_it() {
+    let ctx = TestContext::with_config(|config| {
+        config.polling.limit_per_second = 0.5;
+        config.polling.limit_burst = 2;
+        config.http.max_in_flight = 2;
+    })
+    .await;
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    let auth = [("Authorization", bearer.as_str())];
+    let job = job_path(ctx.create_job("mis-1").await.id);
+    let mut wrong_scope = tokens::claims("mis-1");
+    wrong_scope["scope"] = json!("openid");
+    let wrong_scope = format!("Bearer {}", tokens::sign(&wrong_scope, TestKey::Rsa));
+    let addr = ctx.addr;
+    let mut cases = vec![
+        ("TaskFound", ctx.get_raw(&job, &auth).await),
+        (
+            "InvalidRequestFormat",
+            ctx.get_raw(&job_path("nope"), &auth).await,
+        ),
+        (
+            "InvalidRequestFormat",
+            raw::send(
+                addr,
+                format!("GET {job} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await,
+        ),
+        ("Unauthorized", ctx.get_raw(&job, &[]).await),
+        (
+            "Unauthorized",
+            ctx.get_raw(&job, &[("Authorization", "Bearer a.b.c")])
+                .await,
+        ),
+        (
+            "Forbidden",
+            ctx.get_raw(&job, &[("Authorization", &wrong_scope)]).await,
+        ),
+        (
+            "TaskNotFound",
+            ctx.get_raw(&job_path(Uuid::new_v4()), &auth).await,
+        ),
+        ("TaskNotFound", ctx.get_raw("/nowhere", &[]).await),
+        (
+            "MethodNotAllowed",
+            raw::request(addr, "DELETE", &job, &auth).await,
+        ),
+        (
+            "UriTooLong",
+            ctx.get_raw(&format!("/{}", "a".repeat(4000)), &[]).await,
+        ),
+    ];
+    let many: Vec<(String, String)> = (0..80)
+        .map(|n| (format!("x-{n}"), "1".to_owned()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    cases.push((
+        "RequestHeaderFieldsTooLarge",
+        ctx.get_raw(&job, &many).await,
+    ));
+    // The burst of 2 is spent above (TaskFound) and here.
+    ctx.get_raw(&job, &auth).await;
+    cases.push(("TooManyRequests", ctx.get_raw(&job, &auth).await));
+    // Two long polls fill the instance; the third request is shed.
+    let other = job_path(ctx.create_job("mis-2").await.id);
+    let bearer2 = format!("Bearer {}", tokens::valid("mis-2"));
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let (other, bearer2) = (other.clone(), bearer2.clone());
+            tokio::spawn(async move {
+                raw::request(
+                    addr,
+                    "GET",
+                    &other,
+                    &[("Authorization", &bearer2), ("Prefer", "wait=3")],
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    cases.push(("ServiceUnavailable", ctx.get_raw("/nowhere", &[]).await));
+    for poll in held {
+        poll.await.unwrap();
+    }
+    // A real store failure: the table disappears under the running service.
+    rusqlite::Connection::open(ctx.dir.path().join("jobs.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE jobs")
+        .unwrap();
+    cases.push((
+        "SubordinateServiceError",
+        ctx.get_raw(&job_path(Uuid::new_v4()), &auth).await,
+    ));
+
+    for (response_id, response) in cases {
+        let code = declared(response_id);
+        assert_eq!(
+            response.status,
+            code,
+            "{response_id}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(response.json()["meta"]["code"], code, "{response_id}");
+    }
+}

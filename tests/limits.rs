@@ -8,8 +8,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use compositions_jobs::Limits;
 use compositions_jobs::config::HttpConfig;
-use compositions_jobs::http::Limits;
 use compositions_tests::tokens;
 use compositions_tests::{RawResponse, TestContext, job_path, raw, sample};
 use serde_json::json;

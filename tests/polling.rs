@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use compositions_jobs::JobStore;
 use compositions_jobs::config::{Config, DatabaseUrl};
 use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
-use compositions_jobs::store::JobStore;
 use compositions_tests::postgres::TestSchema;
 use compositions_tests::{RawResponse, TestContext, complete, job_path, raw, tokens};
 use serde_json::json;

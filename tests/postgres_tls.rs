@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use compositions_jobs::ErrorChain;
 use compositions_jobs::config::{Config, DatabaseUrl};
-use compositions_jobs::http::mapping::ErrorChain;
 use compositions_jobs::start_server;
 use compositions_tests::postgres::{PrivateServer, ServerTls};
 use compositions_tests::tls::TestCa;

@@ -9,7 +9,7 @@ use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{
     Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
-use compositions_jobs::store::{self, Access, JobStore, Store, StoreError};
+use compositions_jobs::{Access, JobStore, Store, StoreError, purge};
 use compositions_tests::postgres::TestSchema;
 use tempfile::TempDir;
 use uuid::Uuid;
@@ -532,8 +532,8 @@ async fn purging_deletes_expired_jobs_in_batches_and_nothing_else() {
             .job;
 
         assert_eq!(store.purge_batch(now, 3).await.unwrap(), 3);
-        assert_eq!(store::purge(store, now, 3).await.unwrap(), 4);
-        assert_eq!(store::purge(store, now, 3).await.unwrap(), 0);
+        assert_eq!(purge(store, now, 3).await.unwrap(), 4);
+        assert_eq!(purge(store, now, 3).await.unwrap(), 0);
 
         for id in expired {
             assert_eq!(store.get(id).await.unwrap(), None);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use compositions_jobs::config::{Config, DatabaseUrl};
 use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
-use compositions_jobs::store::{Access, JobStore, Store};
+use compositions_jobs::{Access, JobStore, Store};
 use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use compositions_jobs::auth::Authenticator;
+use compositions_jobs::Authenticator;
 use hyper::HeaderMap;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 use libfuzzer_sys::fuzz_target;

@@ -24,16 +24,15 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::http::Limits;
-use crate::metrics::{self, Metrics};
-use crate::store::changes::STORE_READ_BUCKETS;
+use crate::metrics::{self, DATABASE_READ_BUCKETS, Metrics};
 use crate::store::{JobStore, Store};
 
 /// How long the store may take to answer the readiness probe.
-pub const READY_DEADLINE: Duration = Duration::from_secs(2);
+pub(crate) const READY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the admin listener reports on.
 #[derive(Debug)]
-pub struct Admin {
+pub(crate) struct Admin {
     /// The job store, probed for readiness and asked for its pool.
     pub store: Store,
     /// The request counters.
@@ -49,7 +48,7 @@ pub struct Admin {
 }
 
 /// When jobs were counted, and the count per status.
-pub type JobCount = (Instant, Vec<(String, u64)>);
+pub(crate) type JobCount = (Instant, Vec<(String, u64)>);
 
 /// How long a count of jobs by status is reused: it scans the table, and
 /// Prometheus scrapes every few seconds.
@@ -95,7 +94,7 @@ impl Admin {
         match tokio::time::timeout(READY_DEADLINE, self.store.get(Uuid::nil())).await {
             Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.into()),
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "not ready");
+                tracing::warn!(error = %crate::chain::ErrorChain(&e), "not ready");
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     r#"{"status":"not_ready","reason":"the job store failed"}"#.into(),
@@ -111,12 +110,12 @@ impl Admin {
     async fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&mut out);
-        let (buckets, seconds, errors) = self.store.changes().reads().snapshot();
+        let (buckets, seconds, errors) = self.metrics.database_reads().snapshot();
         metrics::histogram(
             &mut out,
             "compositions_jobs_store_read_duration_seconds",
             "Reads of the polling path that reached the database.",
-            &STORE_READ_BUCKETS,
+            &DATABASE_READ_BUCKETS,
             &buckets,
             seconds,
         );
@@ -317,7 +316,11 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Serves the admin listener until `stop` changes: after the public listener has
 /// drained, so that readiness says "stopping" all through the shutdown.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())

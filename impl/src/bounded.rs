@@ -22,13 +22,13 @@ use quick_cache::{Equivalent, UnitWeighter};
 type Shards<K, V> = Cache<K, V, UnitWeighter, RandomState, DefaultLifecycle<K, V>>;
 
 /// At most `capacity` values by key; capacity 0 keeps nothing.
-pub struct Bounded<K, V> {
+pub(crate) struct Bounded<K, V> {
     cache: Option<Shards<K, V>>,
 }
 
 impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
     /// A map of at most `capacity` entries (0: none, every lookup misses).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let cache = (capacity > 0).then(|| {
             Cache::with(
                 capacity,
@@ -43,7 +43,7 @@ impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
 
     /// The value for `key`, if there is one and `fresh` accepts it. A value
     /// `fresh` refuses is removed.
-    pub fn get<Q>(&self, key: &Q, fresh: impl Fn(&V) -> bool) -> Option<V>
+    pub(crate) fn get<Q>(&self, key: &Q, fresh: impl Fn(&V) -> bool) -> Option<V>
     where
         Q: Hash + Equivalent<K> + ?Sized,
     {
@@ -57,34 +57,19 @@ impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
     }
 
     /// Remembers `value` for `key`, evicting another entry if the map is full.
-    pub fn insert(&self, key: K, value: V) {
+    pub(crate) fn insert(&self, key: K, value: V) {
         if let Some(cache) = &self.cache {
             cache.insert(key, value);
         }
     }
 
-    /// Forgets `key`.
-    pub fn remove<Q>(&self, key: &Q)
-    where
-        Q: Hash + Equivalent<K> + ?Sized,
-    {
-        if let Some(cache) = &self.cache {
-            cache.remove(key);
-        }
-    }
-
     /// How many entries it holds now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.cache.as_ref().map_or(0, Cache::len)
     }
 
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The most entries it holds (0: it is off).
-    pub fn capacity(&self) -> u64 {
+    pub(crate) fn capacity(&self) -> u64 {
         self.cache.as_ref().map_or(0, Cache::capacity)
     }
 }
@@ -127,7 +112,7 @@ mod tests {
         let map = Bounded::new(0);
         map.insert(1_u32, 1_u32);
         assert_eq!(map.get(&1, |_| true), None);
-        assert!(map.is_empty());
+        assert_eq!(map.len(), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! start-up with the name of its key, never on the first request.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,8 +15,6 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-
-use crate::auth::dev;
 
 /// The prefix of the environment variables that configure the service.
 pub const ENV_PREFIX: &str = "COMPOSITIONS_";
@@ -646,7 +644,7 @@ impl AuthConfig {
             ));
         }
         if let Some(url) = &self.jwks_url {
-            crate::auth::check_url(url).map_err(|e| invalid("auth.jwks_url", e.reason()))?;
+            check_jwks_url(url).map_err(|e| invalid("auth.jwks_url", e.reason()))?;
         }
         if self.jwks_refresh_max < self.jwks_refresh_min {
             return Err(invalid(
@@ -656,6 +654,78 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+/// What `--dev` means: a key set made under `data_dir` (see `auth::dev`), and
+/// the claims its tokens carry.
+pub mod dev {
+    use super::{AuthMode, Config};
+
+    /// The `iss` of dev tokens.
+    pub const ISSUER: &str = "compositions-jobs-dev";
+    /// The `aud` of dev tokens.
+    pub const AUDIENCE: &str = "compositions-jobs";
+    /// The dev key set, under `data_dir`.
+    pub const JWKS_FILE: &str = "dev-jwks.json";
+
+    /// Points `auth` at the dev key set unless the configuration names its own.
+    pub(super) fn fill_config(config: &mut Config) {
+        config.auth.mode = AuthMode::Jwt;
+        if config.auth.jwks_url.is_none() {
+            config
+                .auth
+                .jwks
+                .get_or_insert_with(|| config.data_dir.join(JWKS_FILE));
+        }
+        config.auth.issuer.get_or_insert_with(|| ISSUER.to_owned());
+        config
+            .auth
+            .audience
+            .get_or_insert_with(|| AUDIENCE.to_owned());
+    }
+}
+
+/// A JWKS URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `auth.jwks_url`: {0}")]
+pub struct UrlError(pub(crate) String);
+
+impl UrlError {
+    /// What is wrong, without the key's name.
+    pub fn reason(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a JWKS URL: HTTPS, or HTTP to a loopback address; no user info.
+pub fn check_jwks_url(url: &str) -> Result<hyper::Uri, UrlError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| UrlError(format!("not a URL: {e}")))?;
+    let host = uri
+        .host()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| UrlError("has no host".into()))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(UrlError("must not carry user info".into()));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if is_loopback(host) => Ok(uri),
+        Some("http") => Err(UrlError(
+            "must be https:// (plain http only to a loopback address)".into(),
+        )),
+        _ => Err(UrlError("must be an https:// URL".into())),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -759,7 +829,29 @@ fn redact_password(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_password;
+    use super::{check_jwks_url, redact_password};
+
+    #[test]
+    fn only_https_or_loopback_http() {
+        for url in [
+            "https://auth.ehealth.gov.ua/.well-known/jwks.json",
+            "http://127.0.0.1:8081/jwks",
+            "http://[::1]/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert!(check_jwks_url(url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://auth.ehealth.gov.ua/jwks",
+            "http://10.0.0.1/jwks",
+            "ftp://auth/jwks",
+            "https://user:pass@auth/jwks",
+            "/jwks",
+            "not a url",
+        ] {
+            assert!(check_jwks_url(url).is_err(), "{url}");
+        }
+    }
 
     #[test]
     fn passwords_never_show() {

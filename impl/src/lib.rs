@@ -35,16 +35,26 @@
 //! - **Checking scopes by hand.** The generated router enforces the scopes written
 //!   in the spec; we only turn its plain-text 403 into the envelope.
 
-pub mod admin;
-pub mod auth;
-pub mod bounded;
+mod admin;
+mod auth;
+mod bounded;
+mod chain;
 pub mod config;
-pub mod http;
+mod http;
 pub mod jobs;
-pub mod metrics;
-pub mod polling;
-pub mod store;
-pub mod tls;
+mod metrics;
+mod polling;
+mod responses;
+mod store;
+mod tls;
+
+pub use auth::{
+    Authenticator, Current, DevKey, JwtVerifier, KeySet, KeySetError, Keys, KeysStatus, Policy,
+    VerificationKey,
+};
+pub use chain::ErrorChain;
+pub use http::{Limits, SPEC};
+pub use store::{Access, JobStore, Store, StoreError, purge};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,9 +63,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{AuthSetupError, Authenticator, Keys};
+use crate::auth::AuthSetupError;
 use crate::config::Config;
-use crate::store::{Access, Store, StoreError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +202,12 @@ pub async fn start_server(
             .watch_changes(config.polling.change_check_interval, shutdown_rx.clone()),
     );
     let limiter = http::RateLimiter::new(&config.polling);
-    let polling = polling::Polling::new(store.clone(), config.polling.clone(), shutdown_rx.clone());
+    let polling = polling::Polling::new(
+        store.clone(),
+        config.polling.clone(),
+        shutdown_rx.clone(),
+        Arc::clone(&metrics),
+    );
     let app = http::App::new(
         http::JobsApi::new(polling, limiter),
         Arc::clone(&authenticator),

@@ -10,14 +10,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use compositions_jobs::DevKey;
+use compositions_jobs::ErrorChain;
 use compositions_jobs::StartError;
-use compositions_jobs::auth::dev::DevKey;
 use compositions_jobs::config::{Config, Overrides};
-use compositions_jobs::http::mapping::ErrorChain;
 use compositions_jobs::jobs::{
     DEFAULT_ENTITY, Failure, Kind, LifecycleError, Link, NewJob, Outcome, Timestamp, Transition,
 };
-use compositions_jobs::store::{self, Access, JobStore, Store, StoreError};
+use compositions_jobs::{Access, JobStore, Store, StoreError, purge};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -433,10 +433,7 @@ async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
         }
         JobsCommand::Show { id } => store.get(id).await?.ok_or(StoreError::NotFound(id))?,
         JobsCommand::Purge => {
-            println!(
-                "{}",
-                store::purge(&store, now, config.jobs.purge_batch).await?
-            );
+            println!("{}", purge(&store, now, config.jobs.purge_batch).await?);
             return Ok(());
         }
     };

@@ -12,17 +12,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// The statuses the spec declares, each counted apart; anything else is "other".
-const STATUSES: [u16; 12] = [200, 304, 400, 401, 403, 404, 405, 414, 429, 431, 500, 503];
+use crate::responses::{OPERATION_IDS, STATUSES};
 
 /// Upper bounds of the latency histogram, in seconds: polls take a millisecond,
 /// long polls up to 30 s.
 const BUCKETS: [f64; 14] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 30.0,
 ];
-
-/// The one operation of the spec, as the `operation` label names it.
-const OPERATION: &str = "getAsyncJobStatus";
 
 /// Tells apart the `Metrics` of several servers in one process (the tests).
 static INSTANCES: AtomicUsize = AtomicUsize::new(0);
@@ -35,19 +31,59 @@ thread_local! {
 /// One thread's counts.
 #[derive(Debug, Default)]
 struct Shard {
-    /// By status (`STATUSES`, then other), for requests that named the
-    /// operation, then for those that named none (unknown paths, `/docs`, …).
-    requests: [[AtomicU64; STATUSES.len() + 1]; 2],
+    /// By status (the spec's `STATUSES`, then other), for each operation of the
+    /// spec, then for requests that named none (unknown paths, `/docs`, …).
+    requests: [[AtomicU64; STATUSES.len() + 1]; OPERATION_IDS.len() + 1],
     /// Cumulative counts are made at scrape; here, one count per bucket, then +Inf.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
 }
 
+/// The polling path's reads that reached the database (the read cache's misses),
+/// for `/metrics`: how many, how many failed, and how long they took.
+#[derive(Debug, Default)]
+pub(crate) struct DatabaseReads {
+    /// Per bucket of [`DATABASE_READ_BUCKETS`], then beyond.
+    buckets: [AtomicU64; DATABASE_READ_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Upper bounds of the store read histogram, in seconds.
+pub(crate) const DATABASE_READ_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
+];
+
+impl DatabaseReads {
+    /// Counts one read of `took`, failed or not.
+    pub(crate) fn record(&self, took: Duration, ok: bool) {
+        let bucket = bucket_of(&DATABASE_READ_BUCKETS, took);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The count per bucket (not cumulative), the total seconds, and the failures.
+    pub(crate) fn snapshot(&self) -> (Vec<u64>, f64, u64) {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let seconds = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, seconds, self.errors.load(Ordering::Relaxed))
+    }
+}
+
 /// The request counters of one server.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     id: usize,
     shards: Mutex<Vec<Arc<Shard>>>,
+    database_reads: DatabaseReads,
 }
 
 impl Default for Metrics {
@@ -55,14 +91,22 @@ impl Default for Metrics {
         Self {
             id: INSTANCES.fetch_add(1, Ordering::Relaxed),
             shards: Mutex::default(),
+            database_reads: DatabaseReads::default(),
         }
     }
 }
 
 impl Metrics {
+    /// The polling path's reads that reached the database.
+    pub(crate) fn database_reads(&self) -> &DatabaseReads {
+        &self.database_reads
+    }
+
     /// Counts one answered request, for `operation` if it named one.
-    pub fn record(&self, operation: Option<&str>, status: u16, latency: Duration) {
-        let named = usize::from(operation.is_none());
+    pub(crate) fn record(&self, operation: Option<&str>, status: u16, latency: Duration) {
+        let named = operation
+            .and_then(|operation| OPERATION_IDS.iter().position(|id| *id == operation))
+            .unwrap_or(OPERATION_IDS.len());
         let index = STATUSES
             .iter()
             .position(|&s| s == status)
@@ -94,7 +138,7 @@ impl Metrics {
     }
 
     /// The request counters in Prometheus' text format.
-    pub fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         let shards = self
             .shards
             .lock()
@@ -110,7 +154,7 @@ impl Metrics {
             .map(u16::to_string)
             .chain(["other".to_owned()]);
         for (index, status) in statuses.enumerate() {
-            for (named, operation) in [(0, OPERATION), (1, "none")] {
+            for (named, operation) in OPERATION_IDS.iter().chain(&["none"]).enumerate() {
                 let count = sum(&|s| s.requests[named][index].load(Ordering::Relaxed));
                 let _ = writeln!(
                     out,
@@ -135,7 +179,7 @@ impl Metrics {
 
 /// The bucket `took` falls in: the first bound (in seconds) it does not exceed,
 /// or `bounds.len()` beyond them all.
-pub fn bucket_of(bounds: &[f64], took: Duration) -> usize {
+pub(crate) fn bucket_of(bounds: &[f64], took: Duration) -> usize {
     let seconds = took.as_secs_f64();
     bounds
         .iter()
@@ -145,7 +189,7 @@ pub fn bucket_of(bounds: &[f64], took: Duration) -> usize {
 
 /// Writes a histogram from its count per bucket (not cumulative; one more than
 /// `bounds`, for +Inf) and the sum of the observations in seconds.
-pub fn histogram(
+pub(crate) fn histogram(
     out: &mut String,
     name: &str,
     help: &str,
@@ -164,7 +208,7 @@ pub fn histogram(
 }
 
 /// Writes one gauge with its help line.
-pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
@@ -172,7 +216,7 @@ pub fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Dis
 }
 
 /// Writes one counter with its help line.
-pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
@@ -191,7 +235,7 @@ mod tests {
                 let metrics = Arc::clone(&metrics);
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        metrics.record(Some(OPERATION), 200, Duration::from_micros(700));
+                        metrics.record(Some(OPERATION_IDS[0]), 200, Duration::from_micros(700));
                     }
                     metrics.record(None, 503, Duration::from_secs(40));
                 })

@@ -16,13 +16,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::config::PollingConfig;
 use crate::jobs::{Job, State, Status, Timestamp};
-use crate::store::{JobStore, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
 
 /// A job as a poll answers it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The job's current state.
     pub job: Job,
     /// Its strong validator, quoted.
@@ -37,25 +40,47 @@ pub struct Answer {
 
 /// Answers polls from a store, waiting when asked to.
 #[derive(Clone, Debug)]
-pub struct Polling {
+pub(crate) struct Polling {
     store: Store,
     config: PollingConfig,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Polling {
-    /// Polls against `store`; waits end early when `shutdown` turns true.
-    pub fn new(store: Store, config: PollingConfig, shutdown: watch::Receiver<bool>) -> Self {
+    /// Polls against `store`, its reads of the database counted in `metrics`;
+    /// waits end early when `shutdown` turns true.
+    pub(crate) fn new(
+        store: Store,
+        config: PollingConfig,
+        shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             config,
             shutdown,
+            metrics,
         }
+    }
+
+    /// The job from the read cache, or else from the database (timed).
+    async fn read(&self, id: Uuid, client_id: &str) -> Result<Option<Job>, StoreError> {
+        let now = Timestamp::now();
+        if let Some(answer) = self.store.cached(id, client_id, now) {
+            return Ok(answer);
+        }
+        let started = std::time::Instant::now();
+        let found = self.store.read_through(id, client_id, now).await;
+        self.metrics
+            .database_reads()
+            .record(started.elapsed(), found.is_ok());
+        found
     }
 
     /// The job `id` of `client_id` as the poll should answer it, or `None` when the
     /// client has no such job.
-    pub async fn poll(
+    pub(crate) async fn poll(
         &self,
         client_id: &str,
         id: Uuid,
@@ -73,11 +98,7 @@ impl Polling {
         let mut shutdown = self.shutdown.clone();
         let mut stopping = *shutdown.borrow();
         loop {
-            let Some(job) = self
-                .store
-                .find_for_client(id, client_id, Timestamp::now())
-                .await?
-            else {
+            let Some(job) = self.read(id, client_id).await? else {
                 return Ok(None);
             };
             let etag = etag(&job);
@@ -118,7 +139,7 @@ impl Polling {
 
 /// The seconds of the first `wait` preference in a `Prefer` value, if it is
 /// well-formed; anything else is ignored, as RFC 7240 asks.
-pub fn requested_wait(prefer: &str) -> Option<u64> {
+pub(crate) fn requested_wait(prefer: &str) -> Option<u64> {
     let wait = prefer.split(',').find_map(|preference| {
         let preference = preference.split(';').next().unwrap_or_default();
         let (name, value) = preference.split_once('=').unwrap_or((preference, ""));
@@ -142,7 +163,7 @@ pub fn requested_wait(prefer: &str) -> Option<u64> {
 /// it the same bytes. It distinguishes a job's few representations, the same on
 /// every instance; nothing here needs a cryptographic hash, and SHA-256 cost
 /// a tenth of a request.
-pub fn etag(job: &Job) -> String {
+pub(crate) fn etag(job: &Job) -> String {
     let mut hash = Fnv1a::default();
     let text = |hash: &mut Fnv1a, text: &str| {
         hash.write(&(text.len() as u64).to_be_bytes());
@@ -196,7 +217,7 @@ impl Fnv1a {
 
 /// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110
 /// requires for `If-None-Match`), or is `*`.
-pub fn tag_matches(if_none_match: &str, etag: &str) -> bool {
+pub(crate) fn tag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match
         .split(',')
         .map(str::trim)
@@ -204,7 +225,7 @@ pub fn tag_matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// While pending, the whole seconds until `eta`, clamped to `[min, max]`.
-pub fn retry_after(job: &Job, now: Timestamp, min: Duration, max: Duration) -> Option<u32> {
+pub(crate) fn retry_after(job: &Job, now: Timestamp, min: Duration, max: Duration) -> Option<u32> {
     let State::Pending { eta } = job.state else {
         return None;
     };
@@ -214,7 +235,7 @@ pub fn retry_after(job: &Job, now: Timestamp, min: Duration, max: Duration) -> O
 }
 
 /// `no-store` while the job may change; `private, no-cache` once it cannot.
-pub const fn cache_control(status: Status) -> &'static str {
+pub(crate) const fn cache_control(status: Status) -> &'static str {
     match status {
         Status::Pending => "no-store",
         Status::Done | Status::Failed => "private, no-cache",

@@ -72,7 +72,7 @@ pub struct ClientIdentity<'a> {
 
 /// A client configuration that verifies servers against the CA file (or the
 /// system's roots) and presents the client identity if one is given.
-pub fn client_config(files: TlsFiles<'_>) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(files: TlsFiles<'_>) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let failed = |e: &dyn std::fmt::Display| TlsError {
         key: files.ca_key,

@@ -21,7 +21,7 @@ use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
 use compositions_jobs::config::{JobsConfig, PostgresConfig};
-use compositions_jobs::store::{Access, Store};
+use compositions_jobs::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_JOBS, PRODUCER_PAUSE_AFTER_ERRORS, Producer, Server,
     check_every_ack, check_over_http, cli, producer_command, run, stdout, with_file_size_limit,

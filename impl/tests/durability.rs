@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compositions_jobs::config::{JobsConfig, PostgresConfig};
-use compositions_jobs::store::{Access, Store};
+use compositions_jobs::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_WORKERS, Producer, Server, check_every_ack, check_over_http,
     cli, get, producer_command, run, stdout,

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The drift suite: every breaking change to the contract must stop impl/ compiling.
+"""The drift suite: every breaking change to the contract must stop impl/ compiling,
+and a changed status code must change everything the service sends for it.
 
 Each mutation is applied to a copy of spec/compositions.yaml; generated/ is
 regenerated into a temporary copy of the workspace (never the working tree) and
@@ -8,7 +9,11 @@ every case and every run so that only what changed is rebuilt.
 
 A breaking mutation passes when the check fails with its first error in impl/.
 The unmutated spec and a backward-compatible change (an added optional field) must
-compile, so the guard is not a tripwire on every edit.
+compile, so the guard is not a tripwire on every edit. A new code for an existing
+response compiles, and then the service must send that code, as HTTP status and
+as `meta.code`, from every place that answers with that response (the handler,
+the router, the layers before it): `tests/errors.rs`
+`every_answer_states_the_status_the_spec_gives_it` runs in the scratch workspace.
 """
 
 import copy
@@ -85,18 +90,42 @@ def unchanged(spec):
     pass
 
 
-# (name, mutation, whether it must break the build)
+def recode(response_id, code):
+    """The response `response_id` under `code` instead of its own."""
+
+    def mutate(spec):
+        responses = operation(spec)["responses"]
+        old = next(c for c, r in responses.items() if r.get("x-response-id") == response_id)
+        assert str(code) not in responses, "pick a code the spec does not have"
+        responses[str(code)] = responses.pop(old)
+        # The example's meta.code follows, or schemathesis-style checks would differ.
+        for media in responses[str(code)].get("content", {}).values():
+            example = media.get("example")
+            if isinstance(example, dict) and "meta" in example:
+                example["meta"]["code"] = code
+
+    return mutate
+
+
+BREAKS, COMPILES, CONSISTENT = "breaks", "compiles", "consistent"
+
+# (name, mutation, what must happen)
 CASES = [
-    ("unmutated spec", unchanged, False),
-    ("1. rename the operationId", rename_operation_id, True),
-    ("2. add a required property to Job", add_required_job_property, True),
-    ("3. change the type of asyncJobId", change_job_id_type, True),
-    ("4. add a response code (409)", add_response_code, True),
-    ("5. add a status value (CANCELLED)", add_status_value, True),
-    ("6. remove the links property", remove_links, True),
-    ("7. rename JobError.message", rename_error_property, True),
-    ("compatible: add an optional Job field", add_optional_job_property, False),
+    ("unmutated spec", unchanged, COMPILES),
+    ("1. rename the operationId", rename_operation_id, BREAKS),
+    ("2. add a required property to Job", add_required_job_property, BREAKS),
+    ("3. change the type of asyncJobId", change_job_id_type, BREAKS),
+    ("4. add a response code (409)", add_response_code, BREAKS),
+    ("5. add a status value (CANCELLED)", add_status_value, BREAKS),
+    ("6. remove the links property", remove_links, BREAKS),
+    ("7. rename JobError.message", rename_error_property, BREAKS),
+    ("8. TaskNotFound: 404 becomes 410", recode("TaskNotFound", 410), CONSISTENT),
+    ("9. InvalidRequestFormat: 400 becomes 422", recode("InvalidRequestFormat", 422), CONSISTENT),
+    ("10. ServiceUnavailable: 503 becomes 502", recode("ServiceUnavailable", 502), CONSISTENT),
+    ("compatible: add an optional Job field", add_optional_job_property, COMPILES),
 ]
+
+CONSISTENCY_TEST = ["--test", "errors", "every_answer_states_the_status_the_spec_gives_it"]
 
 ERROR = re.compile(r"^(?P<file>[^\s:]+):\d+:\d+: error")
 
@@ -119,6 +148,18 @@ def run_case(work, pristine, mutate, env):
     return check.returncode == 0, errors, check.stderr
 
 
+def consistent(work, env):
+    """Whether every answer still states the code the (mutated) spec gives it."""
+    test = subprocess.run(
+        ["cargo", "test", "--quiet", "-p", "compositions-tests", *CONSISTENCY_TEST],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return test.returncode == 0, test.stdout + test.stderr
+
+
 def main():
     pristine = yaml.safe_load((ROOT / "spec" / "compositions.yaml").read_text())
     env = dict(os.environ)
@@ -134,18 +175,23 @@ def main():
                 shutil.copytree(source, work / item, ignore=shutil.ignore_patterns("target", ".hypothesis"))
             else:
                 shutil.copy2(source, work / item)
-        for name, mutate, must_break in CASES:
+        for name, mutate, expected in CASES:
             compiled, errors, stderr = run_case(work, pristine, mutate, env)
             first = errors[0] if errors else ""
-            if must_break:
+            if expected == BREAKS:
                 in_impl = first.startswith("impl/")
                 ok = not compiled and in_impl
                 result = "caught" if ok else ("COMPILES" if compiled else "error outside impl/")
-            else:
+            elif expected == COMPILES or not compiled:
                 ok = compiled
                 result = "compiles" if ok else "BROKEN"
                 if not ok:
                     print(stderr, file=sys.stderr)
+            else:
+                ok, output = consistent(work, env)
+                result = "consistent" if ok else "INCONSISTENT"
+                if not ok:
+                    print(output, file=sys.stderr)
             failures += not ok
             rows.append((name, result, first))
             print(f"  {name}: {result}", file=sys.stderr, flush=True)
@@ -155,8 +201,10 @@ def main():
     print(f"{'-' * width}  {'-' * 20}  {'-' * 11}")
     for name, result, first in rows:
         print(f"{name:<{width}}  {result:<20}  {first}")
-    breaking = [result for (_, result, _), (_, _, must_break) in zip(rows, CASES) if must_break]
-    print(f"\n{breaking.count('caught')} of {len(breaking)} breaking mutations caught")
+    breaking = [result for (_, result, _), (_, _, expected) in zip(rows, CASES) if expected == BREAKS]
+    recoded = [result for (_, result, _), (_, _, expected) in zip(rows, CASES) if expected == CONSISTENT]
+    print(f"\n{breaking.count('caught')} of {len(breaking)} breaking mutations caught; "
+          f"{recoded.count('consistent')} of {len(recoded)} changed codes sent consistently")
     return 1 if failures else 0
 
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use compositions_api::{Api, Client, GetAsyncJobStatusResponse};
 use compositions_jobs::config::{AuthMode, Config, DatabaseUrl};
 use compositions_jobs::jobs::{Failure, Job, Kind, Link, NewJob, Outcome, Timestamp};
-use compositions_jobs::store::{Access, JobStore, Store};
+use compositions_jobs::{Access, JobStore, Store};
 use compositions_jobs::{ServerHandle, start_server};
 use swagger::{ApiError, AuthData, Has, XSpanIdString};
 use tempfile::TempDir;

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
 use compositions_jobs::config::{Config, DatabaseUrl, JobsConfig, PostgresConfig};
 use compositions_jobs::jobs::{Failure, Kind, Link, NewJob, Outcome, Timestamp};
-use compositions_jobs::store::{Access, JobStore, Store};
+use compositions_jobs::{Access, JobStore, Store};
 use jsonwebtoken::EncodingKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -520,7 +520,7 @@ fn per_item<T>(items: &[T], mut work: impl FnMut(&T)) -> f64 {
 }
 
 fn verify_cost(fixtures: &Path, count: usize) -> Result<(), Failed> {
-    use compositions_jobs::auth::{JwtVerifier, KeySet, Keys, Policy};
+    use compositions_jobs::{JwtVerifier, KeySet, Keys, Policy};
     let policy = Policy {
         issuer: ISSUER.into(),
         audience: AUDIENCE.into(),

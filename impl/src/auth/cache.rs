@@ -12,7 +12,7 @@
 use crate::bounded::Bounded;
 
 /// Outcomes (`V`) of recently verified tokens.
-pub struct TokenCache<V> {
+pub(super) struct TokenCache<V> {
     map: Bounded<Box<[u8]>, Remembered<V>>,
 }
 
@@ -36,7 +36,7 @@ struct Remembered<V> {
 
 impl<V: Clone> TokenCache<V> {
     /// A cache of at most `capacity` tokens; 0 turns it off.
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             map: Bounded::new(capacity),
         }
@@ -44,7 +44,7 @@ impl<V: Clone> TokenCache<V> {
 
     /// The outcome for `token`, if it was decided under key set `generation` and
     /// is still valid at `now`.
-    pub fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<V> {
+    pub(super) fn get(&self, token: &[u8], now: u64, generation: u64) -> Option<V> {
         self.map
             .get(token, |entry| {
                 entry.generation == generation && now <= entry.valid_until
@@ -54,7 +54,7 @@ impl<V: Clone> TokenCache<V> {
 
     /// Remembers `value` for `token`, decided under key set `generation`, until
     /// `valid_until`.
-    pub fn insert(&self, token: &[u8], value: V, valid_until: u64, generation: u64) {
+    pub(super) fn insert(&self, token: &[u8], value: V, valid_until: u64, generation: u64) {
         self.map.insert(
             token.into(),
             Remembered {

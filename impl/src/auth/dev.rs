@@ -14,17 +14,12 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 
-use crate::config::{AuthMode, Config};
+pub(crate) use crate::config::dev::{AUDIENCE, ISSUER, JWKS_FILE};
 
-/// The `iss` of dev tokens.
-pub const ISSUER: &str = "compositions-jobs-dev";
-/// The `aud` of dev tokens.
-pub const AUDIENCE: &str = "compositions-jobs";
 /// The `kid` of the dev key.
-pub const KID: &str = "dev";
+pub(crate) const KID: &str = "dev";
 
 const KEY_FILE: &str = "dev-signing-key.pem";
-const JWKS_FILE: &str = "dev-jwks.json";
 
 /// PKCS#8 v1 framing of a raw Ed25519 seed (RFC 8410): the 16 bytes before it.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -57,25 +52,16 @@ pub enum DevKeyError {
     Sign(#[source] jsonwebtoken::errors::Error),
 }
 
-/// Points `auth` at the dev key set unless the configuration names its own.
-pub fn fill_config(config: &mut Config) {
-    config.auth.mode = AuthMode::Jwt;
-    if config.auth.jwks_url.is_none() {
-        config
-            .auth
-            .jwks
-            .get_or_insert_with(|| config.data_dir.join(JWKS_FILE));
-    }
-    config.auth.issuer.get_or_insert_with(|| ISSUER.to_owned());
-    config
-        .auth
-        .audience
-        .get_or_insert_with(|| AUDIENCE.to_owned());
-}
-
 /// The dev signing key.
 pub struct DevKey {
     key: EncodingKey,
+}
+
+impl std::fmt::Debug for DevKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("DevKey").finish_non_exhaustive()
+    }
 }
 
 impl DevKey {

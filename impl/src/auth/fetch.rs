@@ -6,36 +6,24 @@
 //! redirect is not followed: a key set is trusted for its URL, not for wherever
 //! that URL points today), and HTTPS, except to this machine's own loopback.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{ACCEPT, CACHE_CONTROL, HOST, LOCATION, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::config::{UrlError, check_jwks_url};
 use crate::tls::{self, TlsError, TlsFiles, Verify};
 
 /// The largest JWKS document accepted; real ones are a few kilobytes.
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-
-/// A JWKS URL that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("config key `auth.jwks_url`: {0}")]
-pub struct UrlError(String);
-
-impl UrlError {
-    /// What is wrong, without the key's name.
-    pub fn reason(&self) -> &str {
-        &self.0
-    }
-}
+pub(crate) const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 /// Where the issuer publishes its keys, and how to reach it.
 pub struct Fetcher {
@@ -63,42 +51,11 @@ pub struct Fetched {
     pub max_age: Option<Duration>,
 }
 
-/// Checks a JWKS URL: HTTPS, or HTTP to a loopback address; no user info.
-pub fn check_url(url: &str) -> Result<Uri, UrlError> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| UrlError(format!("not a URL: {e}")))?;
-    let host = uri
-        .host()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| UrlError("has no host".into()))?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(UrlError("must not carry user info".into()));
-    }
-    match uri.scheme_str() {
-        Some("https") => Ok(uri),
-        Some("http") if is_loopback(host) => Ok(uri),
-        Some("http") => Err(UrlError(
-            "must be https:// (plain http only to a loopback address)".into(),
-        )),
-        _ => Err(UrlError("must be an https:// URL".into())),
-    }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 impl Fetcher {
     /// A fetcher for `url` (already checked), trusting `ca_file` (else the
     /// system's roots), giving up after `timeout`.
     pub fn new(url: &str, ca_file: Option<&Path>, timeout: Duration) -> Result<Self, FetcherError> {
-        let uri = check_url(url)?;
+        let uri = check_jwks_url(url)?;
         let host = uri.host().unwrap_or_default().to_owned();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -257,28 +214,6 @@ impl<T> Drop for AbortOnDrop<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_https_or_loopback_http() {
-        for url in [
-            "https://auth.ehealth.gov.ua/.well-known/jwks.json",
-            "http://127.0.0.1:8081/jwks",
-            "http://[::1]/jwks",
-            "http://localhost/jwks",
-        ] {
-            assert!(check_url(url).is_ok(), "{url}");
-        }
-        for url in [
-            "http://auth.ehealth.gov.ua/jwks",
-            "http://10.0.0.1/jwks",
-            "ftp://auth/jwks",
-            "https://user:pass@auth/jwks",
-            "/jwks",
-            "not a url",
-        ] {
-            assert!(check_url(url).is_err(), "{url}");
-        }
-    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

@@ -12,7 +12,9 @@
 //! scopes written in the spec, from the [`Caller`]'s scopes.
 
 mod cache;
-pub mod dev;
+pub(crate) mod dev;
+
+pub use dev::DevKey;
 mod fetch;
 mod jwt;
 mod keys;
@@ -28,15 +30,13 @@ use swagger::auth::{Authorization, Scopes};
 
 use crate::config::{AuthConfig, AuthMode};
 
-pub use fetch::{FetcherError, MAX_DOCUMENT_BYTES, UrlError, check_url};
+pub(crate) use fetch::FetcherError;
 pub use jwt::JwtVerifier;
-pub use keys::{
-    Algorithm, Current, KeySet, KeySetError, Keys, KeysStatus, Policy, VerificationKey,
-};
-pub use source::{FILE_CHECK_INTERVAL, Refresh, Source};
+pub use keys::{Current, KeySet, KeySetError, Keys, KeysStatus, Policy, VerificationKey};
+pub(crate) use source::{Refresh, Source};
 
 /// The longest `Authorization` value accepted; real tokens are far shorter.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq)]

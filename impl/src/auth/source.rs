@@ -27,7 +27,7 @@ use super::fetch::Fetcher;
 use super::keys::{KeySet, KeySetError, Keys};
 
 /// How often the key file is read again to see whether it changed.
-pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The first wait after a failed fetch; it doubles up to `auth.jwks_refresh_min`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);

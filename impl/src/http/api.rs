@@ -18,19 +18,20 @@ use super::mapping;
 use crate::auth::AuthError;
 use crate::polling::Polling;
 
-/// The operation this implementation answers, as the access log names it.
-pub const OPERATION: &str = "getAsyncJobStatus";
+/// The operation this implementation answers, as the spec (and so the access
+/// log and the metrics) names it.
+pub(super) const OPERATION_ID: &str = crate::responses::get_async_job_status::OPERATION_ID;
 
 /// The service's answer to the generated API.
 #[derive(Clone, Debug)]
-pub struct JobsApi {
+pub(crate) struct JobsApi {
     polling: Polling,
     limiter: Arc<RateLimiter>,
 }
 
 impl JobsApi {
     /// An API that answers with `polling`, limited by `limiter`.
-    pub fn new(polling: Polling, limiter: RateLimiter) -> Self {
+    pub(crate) fn new(polling: Polling, limiter: RateLimiter) -> Self {
         Self {
             polling,
             limiter: Arc::new(limiter),

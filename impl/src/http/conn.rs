@@ -45,7 +45,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::error::Unparsable;
-use super::{App, Body, Limits};
+use super::{Body, Limits};
+
+/// What answers, in the envelope, a request hyper refused by itself.
+pub(super) type Refuse = Arc<dyn Fn(Unparsable) -> Response<Body> + Send + Sync>;
 
 /// The phases of a connection, in the low bits of [`Clock`]'s word.
 const IDLE: u64 = 0;
@@ -57,7 +60,7 @@ const PHASE_MASK: u64 = (1 << PHASE_BITS) - 1;
 /// Where a connection is, and since when: shared by its byte stream and its
 /// service, which run in the same task, so the atomics are never contended.
 #[derive(Debug)]
-pub struct Clock {
+pub(super) struct Clock {
     opened: Instant,
     /// Microseconds since `opened` above [`PHASE_BITS`], the phase below.
     state: AtomicU64,
@@ -65,7 +68,7 @@ pub struct Clock {
 
 impl Clock {
     /// A connection that has just opened: idle.
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             opened: Instant::now(),
             state: AtomicU64::new(IDLE),
@@ -73,12 +76,12 @@ impl Clock {
     }
 
     /// A request head was parsed: the service has it.
-    pub fn busy(&self) {
+    pub(super) fn busy(&self) {
         self.state.store(BUSY, Ordering::Relaxed);
     }
 
     /// The answer to the request in flight is ready.
-    pub fn idle(&self) {
+    pub(super) fn idle(&self) {
         self.set(IDLE);
     }
 
@@ -108,28 +111,34 @@ impl Clock {
 }
 
 /// A client connection as hyper reads and writes it.
-pub struct ConnIo {
+pub(super) struct ConnIo {
     stream: TcpStream,
     clock: Arc<Clock>,
     /// The clocks' durations, and the count of connections they close.
     limits: Arc<Limits>,
     /// Armed on the first wait for bytes, then re-armed as needed.
     timer: Option<Pin<Box<Sleep>>>,
-    /// For the envelope that replaces hyper's own refusal.
-    app: App,
+    /// Makes the envelope that replaces hyper's own refusal.
+    refuse: Refuse,
     /// That envelope, as far as it is not yet written.
     replacement: Option<Bytes>,
 }
 
 impl ConnIo {
-    /// `stream`, timed by `clock`, with `app`'s limits.
-    pub fn new(stream: TcpStream, clock: Arc<Clock>, app: App) -> Self {
+    /// `stream`, timed by `clock` within `limits`; `refuse` answers what hyper
+    /// refuses by itself.
+    pub(super) fn new(
+        stream: TcpStream,
+        clock: Arc<Clock>,
+        limits: Arc<Limits>,
+        refuse: Refuse,
+    ) -> Self {
         Self {
             stream,
             clock,
-            limits: app.limits(),
+            limits,
             timer: None,
-            app,
+            refuse,
             replacement: None,
         }
     }
@@ -196,7 +205,7 @@ impl ConnIo {
         let Some(refusal) = hyper_refusal(head) else {
             return false;
         };
-        let response = self.app.refusal(refusal);
+        let response = (self.refuse)(refusal);
         self.replacement = Some(serialize(response, date(head)));
         true
     }

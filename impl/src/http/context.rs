@@ -15,17 +15,17 @@ use crate::auth::Caller;
 
 /// The request id header, read from callers and always sent back. A
 /// `HeaderName` rather than a `&str`, which every lookup would parse again.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The generated router's name for the request id, which it adds to answers.
-pub const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
+pub(crate) const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 
 /// The longest caller-supplied request id that is reused.
 const MAX_REQUEST_ID: usize = 64;
 
 /// The request's identity in every response body (`meta`) and in the logs.
 #[derive(Clone, Debug)]
-pub struct RequestMeta {
+pub(crate) struct RequestMeta {
     /// `meta.url`: `<scheme>://<host>[:port]<path>`.
     pub url: String,
     /// `meta.request_id`, also the `x-request-id` header.
@@ -40,7 +40,7 @@ pub struct RequestMeta {
 impl RequestMeta {
     /// Reads the caller's request id (or makes one) and builds `meta.url`, from
     /// `public_url` when configured, else from the `Host` header.
-    pub fn new(
+    pub(crate) fn new(
         headers: &HeaderMap,
         uri: &Uri,
         public_url: Option<&str>,
@@ -89,18 +89,18 @@ impl RequestMeta {
     }
 
     /// Records the authenticated caller (the first one set stays).
-    pub fn set_caller(&self, caller: Arc<Caller>) {
+    pub(crate) fn set_caller(&self, caller: Arc<Caller>) {
         // Set once per request, right after authentication.
         let _ = self.caller.set(caller);
     }
 
     /// The authenticated caller, if any.
-    pub fn caller(&self) -> Option<&Caller> {
+    pub(crate) fn caller(&self) -> Option<&Caller> {
         self.caller.get().map(Arc::as_ref)
     }
 
     /// The request id as a header value.
-    pub fn request_id_header(&self) -> HeaderValue {
+    pub(crate) fn request_id_header(&self) -> HeaderValue {
         // Generated ids are UUIDs and reused ones passed `is_sane_request_id`.
         HeaderValue::from_str(&self.request_id.0).unwrap_or(HeaderValue::from_static("invalid"))
     }
@@ -162,7 +162,7 @@ pub(super) fn is_valid_host(host: &[u8]) -> bool {
 }
 
 /// The context the generated router passes to the API implementation.
-pub struct RequestContext {
+pub(crate) struct RequestContext {
     meta: Arc<RequestMeta>,
     /// Set only if the generated stack replaces the caller's authorization
     /// (nothing on this service's path does).
@@ -173,7 +173,7 @@ impl RequestContext {
     /// A context for the request `meta` describes, with its caller if one was
     /// authenticated (requests that reach no operation are answered 404 or 405
     /// by the router before any check).
-    pub fn new(meta: Arc<RequestMeta>) -> Self {
+    pub(crate) fn new(meta: Arc<RequestMeta>) -> Self {
         Self {
             meta,
             replaced: None,
@@ -181,12 +181,12 @@ impl RequestContext {
     }
 
     /// The request's meta.
-    pub fn meta(&self) -> &RequestMeta {
+    pub(crate) fn meta(&self) -> &RequestMeta {
         &self.meta
     }
 
     /// The MIS client the caller acts for.
-    pub fn client_id(&self) -> Option<&str> {
+    pub(crate) fn client_id(&self) -> Option<&str> {
         self.meta.caller().map(|caller| caller.client_id.as_str())
     }
 }

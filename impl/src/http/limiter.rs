@@ -19,7 +19,7 @@ use crate::config::PollingConfig;
 
 /// Limits how often one client polls one job.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_second: f64,
     burst: f64,
     entries: usize,
@@ -41,7 +41,7 @@ impl Bucket {
 
 impl RateLimiter {
     /// A limiter with `config`'s rate, burst and size.
-    pub fn new(config: &PollingConfig) -> Self {
+    pub(crate) fn new(config: &PollingConfig) -> Self {
         Self {
             per_second: config.limit_per_second,
             burst: f64::from(config.limit_burst),
@@ -52,7 +52,7 @@ impl RateLimiter {
     }
 
     /// Takes one poll of `job` by `client_id`, or says how long to wait for one.
-    pub fn check(&self, client_id: &str, job: Uuid) -> Result<(), Duration> {
+    pub(crate) fn check(&self, client_id: &str, job: Uuid) -> Result<(), Duration> {
         if self.per_second == 0.0 {
             return Ok(());
         }

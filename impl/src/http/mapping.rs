@@ -1,47 +1,55 @@
 //! The one place where the domain meets the generated API: jobs become models,
-//! errors become responses, and responses become HTTP.
+//! errors become answers, and answers become HTTP.
 //!
 //! Every conversion is an exhaustive `match` or reads fields by name, so a contract
 //! change (a new response, status value or required field, a renamed property)
 //! stops this file compiling until it is handled. Optional fields are assigned
 //! after `new`, so adding one to the spec still compiles.
+//!
+//! No status code is written here: each comes from the spec through
+//! [`crate::responses`], for the HTTP status and `meta.code` alike. Errors
+//! become an [`ErrorAnswer`] first, which belongs to no operation: the layers
+//! around the router send it as it is ([`encode_error`]), and an operation's
+//! handler turns it into its own generated response.
 
 use std::convert::Infallible;
-use std::error::Error;
-use std::fmt;
 
 use bytes::Bytes;
 use compositions_api::GetAsyncJobStatusResponse;
 use compositions_api::models;
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
-use hyper::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, RETRY_AFTER,
-    VARY as VARY_HEADER, WWW_AUTHENTICATE,
-};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use super::context::RequestMeta;
 use super::error::{RequestError, Unparsable};
 use crate::auth::AuthError;
+use crate::chain::ErrorChain;
 use crate::jobs::{DEFAULT_ENTITY, Failure, Job, Link, State, Status};
 use crate::polling::{self, Answer};
+use crate::responses::{self, Common};
 
 /// The body type the generated router uses, and so do we.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// What `Vary` names on every answer with a job: how long it may wait.
 const VARY: &str = "Prefer";
 
-/// The job, or why there is none, as the generated response.
-pub fn respond(
+/// The job, or why there is none, as the generated response of
+/// getAsyncJobStatus (which the generated router serializes).
+pub(crate) fn respond(
     result: Result<Answer, RequestError>,
     meta: &RequestMeta,
 ) -> GetAsyncJobStatusResponse {
-    let answer = match result {
-        Ok(answer) => answer,
-        Err(error) => return error_response(error, meta),
+    let response = match result {
+        Ok(answer) => job_response(answer, meta),
+        Err(error) => for_get_async_job_status(error_answer(error, meta)),
     };
+    with_meta_code(response)
+}
+
+fn job_response(answer: Answer, meta: &RequestMeta) -> GetAsyncJobStatusResponse {
     let cache_control = polling::cache_control(answer.job.state.status()).to_owned();
     let retry_after = answer
         .retry_after
@@ -59,10 +67,8 @@ pub fn respond(
         }
     } else {
         GetAsyncJobStatusResponse::TaskFound {
-            body: models::JobEnvelope::new(
-                meta_model(meta, StatusCode::OK),
-                job_model(&answer.job),
-            ),
+            // The code is set by `with_meta_code`.
+            body: models::JobEnvelope::new(meta_model(meta, 0), job_model(&answer.job)),
             e_tag: answer.etag,
             cache_control,
             vary: VARY.into(),
@@ -72,14 +78,71 @@ pub fn respond(
     }
 }
 
-/// The mapping from errors to HTTP, exactly once.
-fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusResponse {
+/// `meta.code` of every answer getAsyncJobStatus sends, from the spec (the same
+/// line the generated router takes the HTTP status from): a new response in the
+/// spec stops this compiling until it is handled, a changed code changes both.
+fn with_meta_code(mut response: GetAsyncJobStatusResponse) -> GetAsyncJobStatusResponse {
     use GetAsyncJobStatusResponse as R;
+    use responses::get_async_job_status as spec;
+    let (meta, code) = match &mut response {
+        R::NotModified { .. } => return response,
+        R::TaskFound { body, .. } => (&mut body.meta, spec::TASK_FOUND),
+        R::InvalidRequestFormat(body) => (&mut body.meta, spec::INVALID_REQUEST_FORMAT),
+        R::Unauthorized { body, .. } => (&mut body.meta, spec::UNAUTHORIZED),
+        R::Forbidden(body) => (&mut body.meta, spec::FORBIDDEN),
+        R::TaskNotFound(body) => (&mut body.meta, spec::TASK_NOT_FOUND),
+        R::MethodNotAllowed { body, .. } => (&mut body.meta, spec::METHOD_NOT_ALLOWED),
+        R::UriTooLong(body) => (&mut body.meta, spec::URI_TOO_LONG),
+        R::TooManyRequests { body, .. } => (&mut body.meta, spec::TOO_MANY_REQUESTS),
+        R::RequestHeaderFieldsTooLarge(body) => {
+            (&mut body.meta, spec::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        R::SubordinateServiceError(body) => (&mut body.meta, spec::SUBORDINATE_SERVICE_ERROR),
+        R::ServiceUnavailable { body, .. } => (&mut body.meta, spec::SERVICE_UNAVAILABLE),
+    };
+    meta.code = i32::from(code);
+    response
+}
+
+/// An error answer before it belongs to any operation: which of the responses
+/// every operation declares, what it says, and the header it carries.
+#[derive(Debug)]
+pub(crate) struct ErrorAnswer {
+    response: Common,
+    body: models::ErrorEnvelope,
+    header: ErrorHeader,
+}
+
+/// The one header an error answer may need.
+#[derive(Debug)]
+enum ErrorHeader {
+    None,
+    WwwAuthenticate(&'static str),
+    Allow(String),
+    RetryAfter(i32),
+}
+
+/// The mapping from errors to answers, exactly once. The status of each comes
+/// from the spec through [`Common`].
+pub(crate) fn error_answer(error: RequestError, meta: &RequestMeta) -> ErrorAnswer {
     log_error(&error, meta);
-    let envelope = |status: StatusCode, kind: &str, message: String| {
-        models::ErrorEnvelope::new(
-            meta_model(meta, status),
+    let answer = |response: Common, kind: &str, message: String, header: ErrorHeader| {
+        let body = models::ErrorEnvelope::new(
+            meta_model(meta, response.code()),
             models::ApiError::new(kind.into(), message),
+        );
+        ErrorAnswer {
+            response,
+            body,
+            header,
+        }
+    };
+    let malformed = |message: &str| {
+        answer(
+            Common::InvalidRequestFormat,
+            "request_malformed",
+            message.into(),
+            ErrorHeader::None,
         )
     };
     match error {
@@ -88,74 +151,56 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
             parameter,
             expected,
         } => {
-            let mut body = envelope(
-                StatusCode::BAD_REQUEST,
-                "request_malformed",
-                "Invalid request format".into(),
-            );
+            let mut answer = malformed("Invalid request format");
             let description = format!("{parameter} must be a {}", expected.to_ascii_uppercase());
             let mut rule = models::InvalidRule::new("format".into(), description);
             rule.params = Some(vec![expected.into()]);
-            body.error.invalid = Some(vec![models::InvalidEntry::new(
+            answer.body.error.invalid = Some(vec![models::InvalidEntry::new(
                 location.into(),
                 parameter,
                 vec![rule],
             )]);
-            R::InvalidRequestFormat(body)
+            answer
         }
-        RequestError::InvalidHost { .. } => R::InvalidRequestFormat(envelope(
-            StatusCode::BAD_REQUEST,
-            "request_malformed",
-            "A request must carry exactly one valid Host header".into(),
-        )),
-        RequestError::BodyNotAllowed => R::InvalidRequestFormat(envelope(
-            StatusCode::BAD_REQUEST,
-            "request_malformed",
-            "A GET request takes no body".into(),
-        )),
+        RequestError::InvalidHost { .. } => {
+            malformed("A request must carry exactly one valid Host header")
+        }
+        RequestError::BodyNotAllowed => malformed("A GET request takes no body"),
+        RequestError::Unparsable(Unparsable::Malformed) => malformed("Malformed HTTP request"),
         RequestError::UriTooLong { .. } | RequestError::Unparsable(Unparsable::UriTooLong) => {
-            R::UriTooLong(envelope(
-                StatusCode::URI_TOO_LONG,
+            answer(
+                Common::UriTooLong,
                 "uri_too_long",
                 "Request URI too long".into(),
-            ))
+                ErrorHeader::None,
+            )
         }
         RequestError::HeadersTooLarge { .. }
-        | RequestError::Unparsable(Unparsable::HeadTooLarge) => {
-            R::RequestHeaderFieldsTooLarge(envelope(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request_header_fields_too_large",
-                "Request header fields too large".into(),
-            ))
-        }
-        RequestError::Unparsable(Unparsable::Malformed) => R::InvalidRequestFormat(envelope(
-            StatusCode::BAD_REQUEST,
-            "request_malformed",
-            "Malformed HTTP request".into(),
-        )),
+        | RequestError::Unparsable(Unparsable::HeadTooLarge) => answer(
+            Common::RequestHeaderFieldsTooLarge,
+            "request_header_fields_too_large",
+            "Request header fields too large".into(),
+            ErrorHeader::None,
+        ),
         // Shedding load: the next try may well succeed, here or elsewhere.
-        RequestError::Overloaded { .. } => R::ServiceUnavailable {
-            body: envelope(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
-                "Service overloaded; retry after the Retry-After delay".into(),
-            ),
-            retry_after: Some(1),
-        },
+        RequestError::Overloaded { .. } => answer(
+            Common::ServiceUnavailable,
+            "service_unavailable",
+            "Service overloaded; retry after the Retry-After delay".into(),
+            ErrorHeader::RetryAfter(1),
+        ),
         // 401 is for who you are: no token, or one that fails verification.
         RequestError::Unauthenticated(auth) => {
             let (kind, message, challenge) = match auth {
                 // Nobody's token can be checked yet: the service's state, so a
                 // 503 to come back, never a 401 that would blame the token.
                 AuthError::KeysUnavailable => {
-                    return R::ServiceUnavailable {
-                        body: envelope(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "service_unavailable",
-                            "Service starting: token signing keys are not loaded yet; retry after the Retry-After delay".into(),
-                        ),
-                        retry_after: Some(1),
-                    };
+                    return answer(
+                        Common::ServiceUnavailable,
+                        "service_unavailable",
+                        "Service starting: token signing keys are not loaded yet; retry after the Retry-After delay".into(),
+                        ErrorHeader::RetryAfter(1),
+                    );
                 }
                 AuthError::MissingToken => (
                     "access_denied",
@@ -179,57 +224,124 @@ fn error_response(error: RequestError, meta: &RequestMeta) -> GetAsyncJobStatusR
                     ("access_denied", format!("Invalid header {name}"), "Bearer")
                 }
             };
-            R::Unauthorized {
-                body: envelope(StatusCode::UNAUTHORIZED, kind, message),
-                www_authenticate: challenge.to_owned(),
-            }
+            answer(
+                Common::Unauthorized,
+                kind,
+                message,
+                ErrorHeader::WwwAuthenticate(challenge),
+            )
         }
         // 403 is for what you may do: a valid token without the scope.
-        RequestError::MissingScopes { missing } => R::Forbidden(envelope(
-            StatusCode::FORBIDDEN,
+        RequestError::MissingScopes { missing } => answer(
+            Common::Forbidden,
             "forbidden",
             format!(
                 "Your scope does not allow to access this resource. Missing allowances: {}",
                 missing.join(", ")
             ),
-        )),
+            ErrorHeader::None,
+        ),
+        RequestError::TooManyRequests { retry_after } => answer(
+            Common::TooManyRequests,
+            "too_many_requests",
+            "This job is polled too often; retry after the Retry-After delay".into(),
+            ErrorHeader::RetryAfter(whole_seconds(retry_after)),
+        ),
         // 404 for whose it is: another client's job reads exactly like no job, so
         // the answer never reveals that it exists.
-        RequestError::TooManyRequests { retry_after } => R::TooManyRequests {
-            body: envelope(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                "This job is polled too often; retry after the Retry-After delay".into(),
-            ),
-            // Required by the spec; the generator keys headers by name across
-            // responses and takes the optional one of 200 for it.
-            retry_after: Some(whole_seconds(retry_after)),
-        },
-        RequestError::JobNotFound => R::TaskNotFound(envelope(
-            StatusCode::NOT_FOUND,
+        RequestError::JobNotFound => answer(
+            Common::TaskNotFound,
             "not_found",
             "Task not found".into(),
-        )),
-        RequestError::RouteNotFound => R::TaskNotFound(envelope(
-            StatusCode::NOT_FOUND,
+            ErrorHeader::None,
+        ),
+        RequestError::RouteNotFound => answer(
+            Common::TaskNotFound,
             "not_found",
             "Not found".into(),
-        )),
-        RequestError::MethodNotAllowed { allow } => R::MethodNotAllowed {
-            body: envelope(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "Method not allowed".into(),
-            ),
-            allow,
-        },
+            ErrorHeader::None,
+        ),
+        RequestError::MethodNotAllowed { allow } => answer(
+            Common::MethodNotAllowed,
+            "method_not_allowed",
+            "Method not allowed".into(),
+            ErrorHeader::Allow(allow),
+        ),
         // The cause went to the log above; the body never carries it.
-        RequestError::Store(_) | RequestError::Router(_) => R::SubordinateServiceError(envelope(
-            StatusCode::INTERNAL_SERVER_ERROR,
+        RequestError::Store(_) | RequestError::Router(_) => answer(
+            Common::SubordinateServiceError,
             "internal_error",
             "Subordinate service error".into(),
-        )),
+            ErrorHeader::None,
+        ),
     }
+}
+
+/// An error answer as getAsyncJobStatus's generated response.
+fn for_get_async_job_status(answer: ErrorAnswer) -> GetAsyncJobStatusResponse {
+    use GetAsyncJobStatusResponse as R;
+    let ErrorAnswer {
+        response,
+        body,
+        header,
+    } = answer;
+    let retry_after = match header {
+        ErrorHeader::RetryAfter(seconds) => Some(seconds),
+        _ => None,
+    };
+    match response {
+        Common::InvalidRequestFormat => R::InvalidRequestFormat(body),
+        Common::Unauthorized => R::Unauthorized {
+            body,
+            www_authenticate: match header {
+                ErrorHeader::WwwAuthenticate(challenge) => challenge.to_owned(),
+                _ => "Bearer".to_owned(),
+            },
+        },
+        Common::Forbidden => R::Forbidden(body),
+        Common::TaskNotFound => R::TaskNotFound(body),
+        Common::MethodNotAllowed => R::MethodNotAllowed {
+            body,
+            allow: match header {
+                ErrorHeader::Allow(allow) => allow,
+                _ => String::new(),
+            },
+        },
+        Common::UriTooLong => R::UriTooLong(body),
+        // Required by the spec; the generator keys headers by name across
+        // responses and takes the optional one of 200 for it.
+        Common::TooManyRequests => R::TooManyRequests { body, retry_after },
+        Common::RequestHeaderFieldsTooLarge => R::RequestHeaderFieldsTooLarge(body),
+        Common::SubordinateServiceError => R::SubordinateServiceError(body),
+        Common::ServiceUnavailable => R::ServiceUnavailable { body, retry_after },
+    }
+}
+
+/// Serializes an error answer that no operation has claimed: those the layers
+/// around the router make themselves (limits, authentication before routing,
+/// the router's own refusals, unknown paths).
+pub(crate) fn encode_error(answer: ErrorAnswer) -> Response<Body> {
+    let ErrorAnswer {
+        response,
+        body,
+        header,
+    } = answer;
+    let mut response_out = Response::new(BoxBody::new(Full::new(to_json(&body))));
+    *response_out.status_mut() =
+        StatusCode::from_u16(response.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response_out.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    match header {
+        ErrorHeader::None => {}
+        ErrorHeader::WwwAuthenticate(challenge) => {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        ErrorHeader::Allow(allow) => insert_header(headers, ALLOW, &allow),
+        ErrorHeader::RetryAfter(seconds) => {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+    }
+    response_out
 }
 
 fn log_error(error: &RequestError, meta: &RequestMeta) {
@@ -251,39 +363,17 @@ fn whole_seconds(delay: std::time::Duration) -> i32 {
     i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
-/// An error and its sources, `a: b: c`, for the log. A source whose text its
-/// error already shows (some libraries print their cause and also return it as
-/// the source) is not repeated.
-pub struct ErrorChain<'a>(pub &'a dyn Error);
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.to_string();
-        f.write_str(&shown)?;
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            let text = error.to_string();
-            if !shown.contains(&text) {
-                write!(f, ": {text}")?;
-            }
-            shown = text;
-            source = error.source();
-        }
-        Ok(())
-    }
-}
-
-fn meta_model(meta: &RequestMeta, status: StatusCode) -> models::Meta {
+fn meta_model(meta: &RequestMeta, code: u16) -> models::Meta {
     models::Meta::new(
         meta.url.clone(),
         "object".into(),
-        i32::from(status.as_u16()),
+        i32::from(code),
         meta.request_id.0.clone(),
     )
 }
 
 /// A job as the contract shows it.
-pub fn job_model(job: &Job) -> models::Job {
+pub(crate) fn job_model(job: &Job) -> models::Job {
     let (links, error) = match &job.state {
         State::Pending { .. } => (vec![models::JobLink::new(DEFAULT_ENTITY.into())], None),
         State::Done { links, .. } => (links.iter().map(link_model).collect(), None),
@@ -352,97 +442,6 @@ impl From<&models::JobLink> for Link {
     }
 }
 
-/// Serializes a generated response, for the answers the layers around the router
-/// make themselves (the router serializes what the API implementation returns).
-pub fn encode(response: GetAsyncJobStatusResponse) -> Response<Body> {
-    use GetAsyncJobStatusResponse as R;
-    let mut headers = Vec::new();
-    let (status, body) = match response {
-        R::TaskFound {
-            body,
-            e_tag,
-            cache_control,
-            vary,
-            retry_after,
-            preference_applied,
-        } => {
-            headers = job_headers(e_tag, cache_control, vary, retry_after, preference_applied);
-            (StatusCode::OK, Some(to_json(&body)))
-        }
-        R::NotModified {
-            e_tag,
-            cache_control,
-            vary,
-            retry_after,
-            preference_applied,
-        } => {
-            headers = job_headers(e_tag, cache_control, vary, retry_after, preference_applied);
-            (StatusCode::NOT_MODIFIED, None)
-        }
-        R::InvalidRequestFormat(body) => (StatusCode::BAD_REQUEST, Some(to_json(&body))),
-        R::Unauthorized {
-            body,
-            www_authenticate,
-        } => {
-            headers.push((WWW_AUTHENTICATE, www_authenticate));
-            (StatusCode::UNAUTHORIZED, Some(to_json(&body)))
-        }
-        R::Forbidden(body) => (StatusCode::FORBIDDEN, Some(to_json(&body))),
-        R::TaskNotFound(body) => (StatusCode::NOT_FOUND, Some(to_json(&body))),
-        R::MethodNotAllowed { body, allow } => {
-            headers.push((ALLOW, allow));
-            (StatusCode::METHOD_NOT_ALLOWED, Some(to_json(&body)))
-        }
-        R::TooManyRequests { body, retry_after } => {
-            headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
-            (StatusCode::TOO_MANY_REQUESTS, Some(to_json(&body)))
-        }
-        R::SubordinateServiceError(body) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, Some(to_json(&body)))
-        }
-        R::UriTooLong(body) => (StatusCode::URI_TOO_LONG, Some(to_json(&body))),
-        R::RequestHeaderFieldsTooLarge(body) => (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Some(to_json(&body)),
-        ),
-        R::ServiceUnavailable { body, retry_after } => {
-            headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
-            (StatusCode::SERVICE_UNAVAILABLE, Some(to_json(&body)))
-        }
-    };
-    let json = body.is_some();
-    let mut response = Response::new(BoxBody::new(Full::new(body.unwrap_or_default())));
-    *response.status_mut() = status;
-    let response_headers = response.headers_mut();
-    if json {
-        response_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    }
-    for (name, value) in headers {
-        insert_header(response_headers, name, &value);
-    }
-    response
-}
-
-/// The headers of an answer with a job (200 or 304).
-fn job_headers(
-    e_tag: String,
-    cache_control: String,
-    vary: String,
-    retry_after: Option<i32>,
-    preference_applied: Option<String>,
-) -> Vec<(HeaderName, String)> {
-    let mut headers = vec![
-        (ETAG, e_tag),
-        (CACHE_CONTROL, cache_control),
-        (VARY_HEADER, vary),
-    ];
-    headers.extend(retry_after.map(|seconds| (RETRY_AFTER, seconds.to_string())));
-    headers.extend(
-        preference_applied.map(|applied| (HeaderName::from_static("preference-applied"), applied)),
-    );
-    headers
-}
-
 fn insert_header(headers: &mut hyper::HeaderMap, name: HeaderName, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(value) => {
@@ -464,31 +463,4 @@ fn to_json(body: &impl serde::Serialize) -> Bytes {
         },
         Bytes::from,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("connection refused")]
-    struct Refused;
-
-    /// Shows its cause and returns it as the source, as some libraries do.
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot connect: {0}")]
-    struct Connect(#[source] Refused);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("the job store failed")]
-    struct Store(#[source] Connect);
-
-    #[test]
-    fn an_error_chain_says_each_cause_once() {
-        assert_eq!(
-            ErrorChain(&Store(Connect(Refused))).to_string(),
-            "the job store failed: cannot connect: connection refused"
-        );
-        assert_eq!(ErrorChain(&Refused).to_string(), "connection refused");
-    }
 }

@@ -30,7 +30,7 @@ mod context;
 mod error;
 mod limiter;
 mod limits;
-pub mod mapping;
+pub(crate) mod mapping;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -56,10 +56,10 @@ use swagger::RequestParser;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use api::JobsApi;
-pub use context::{RequestContext, RequestMeta, X_REQUEST_ID, X_SPAN_ID};
-pub use error::RequestError;
-pub use limiter::RateLimiter;
+pub(crate) use api::JobsApi;
+pub(crate) use context::{RequestContext, RequestMeta, X_REQUEST_ID, X_SPAN_ID};
+pub(crate) use error::RequestError;
+pub(crate) use limiter::RateLimiter;
 pub use limits::Limits;
 
 use crate::auth::{AuthError, Authenticator};
@@ -74,7 +74,7 @@ use mapping::Body;
 pub const SPEC: &str = include_str!("../../../spec/compositions.yaml");
 
 /// The API documentation (`make docs`), served at `/docs`.
-pub const DOCS: &str = include_str!("../../../docs/site/index.html");
+pub(crate) const DOCS: &str = include_str!("../../../docs/site/index.html");
 
 /// The documentation page needs its own inline scripts and styles and nothing
 /// from anywhere else: the browser enforces that it works offline.
@@ -105,7 +105,7 @@ const METHODS: [Method; 7] = [
 
 /// The whole HTTP application: cheap to clone, one per connection.
 #[derive(Clone)]
-pub struct App {
+pub(crate) struct App {
     inner: Arc<AppInner>,
 }
 
@@ -123,7 +123,7 @@ struct AppInner {
 impl App {
     /// The application for `api`, authenticating with `authenticator`, counting
     /// into `metrics`, within the limits of `http`.
-    pub fn new(
+    pub(crate) fn new(
         api: JobsApi,
         authenticator: Arc<Authenticator>,
         metrics: Arc<Metrics>,
@@ -145,7 +145,7 @@ impl App {
     }
 
     /// The limits and their counters, shared with the admin listener.
-    pub fn limits(&self) -> Arc<Limits> {
+    pub(crate) fn limits(&self) -> Arc<Limits> {
         Arc::clone(&self.inner.limits)
     }
 
@@ -223,7 +223,7 @@ impl App {
                         // Below 400 is always ours (200, 304); the router's own answers
                         // are errors. JSON comes only from the API implementation.
                         Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
-                            (response, Some(api::OPERATION))
+                            (response, Some(api::OPERATION_ID))
                         }
                         Ok(response) => {
                             let operation = operation_of(&method, &uri);
@@ -366,18 +366,22 @@ fn finish(
 }
 
 /// The operation a request names, for the log of an answer the router made
-/// itself (rare: the common answers come from the API implementation).
+/// itself (rare: the common answers come from the API implementation), as the
+/// spec names it (the router capitalizes it).
 fn operation_of(method: &Method, uri: &Uri) -> Option<&'static str> {
     let probe = Request::builder()
         .method(method)
         .uri(uri.clone())
         .body(())
         .ok()?;
-    ApiRequestParser::parse_operation_id(&probe)
+    let routed = ApiRequestParser::parse_operation_id(&probe)?;
+    crate::responses::OPERATION_IDS
+        .into_iter()
+        .find(|id| id.eq_ignore_ascii_case(routed))
 }
 
 fn reject(error: RequestError, meta: &RequestMeta) -> Response<Body> {
-    mapping::encode(mapping::respond(Err(error), meta))
+    mapping::encode_error(mapping::error_answer(error, meta))
 }
 
 fn is_json(response: &Response<Body>) -> bool {
@@ -511,7 +515,7 @@ fn serve_static(
 
 /// Accepts connections until `shutdown` changes, then lets requests in flight
 /// finish for up to `config.shutdown_timeout`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: App,
     config: HttpConfig,
@@ -530,6 +534,10 @@ pub async fn serve(
     // Past the connection limit: one answer, then close.
     let mut shedding = builder.clone();
     shedding.keep_alive(false);
+    let refuse: conn::Refuse = {
+        let app = app.clone();
+        Arc::new(move |refusal| app.refusal(refusal))
+    };
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -544,7 +552,12 @@ pub async fn serve(
                         tracing::debug!(error = %e, "could not set TCP_NODELAY");
                     }
                     let clock = Arc::new(Clock::new());
-                    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&clock), app.clone()));
+                    let io = TokioIo::new(ConnIo::new(
+                        stream,
+                        Arc::clone(&clock),
+                        Arc::clone(&limits),
+                        Arc::clone(&refuse),
+                    ));
                     let served = Served { app: app.clone(), clock, shed };
                     let builder = if shed { &shedding } else { &builder };
                     let connection = graceful.watch(builder.serve_connection(io, served));

@@ -21,7 +21,6 @@ use super::cache::JobCache;
 pub struct Changes {
     signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     cache: JobCache,
-    reads: StoreReads,
     feed: Feed,
 }
 
@@ -60,45 +59,6 @@ impl Feed {
     }
 }
 
-/// The polling path's reads that reached the database (the read cache's misses),
-/// for `/metrics`: how many, how many failed, and how long they took.
-#[derive(Debug, Default)]
-pub struct StoreReads {
-    /// Per bucket of [`STORE_READ_BUCKETS`], then beyond.
-    buckets: [AtomicU64; STORE_READ_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-    errors: AtomicU64,
-}
-
-/// Upper bounds of the store read histogram, in seconds.
-pub const STORE_READ_BUCKETS: [f64; 10] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0,
-];
-
-impl StoreReads {
-    /// Counts one read of `took`, failed or not.
-    pub fn record(&self, took: std::time::Duration, ok: bool) {
-        let bucket = crate::metrics::bucket_of(&STORE_READ_BUCKETS, took);
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_us.fetch_add(micros, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The count per bucket (not cumulative), the total seconds, and the failures.
-    pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let seconds = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, seconds, self.errors.load(Ordering::Relaxed))
-    }
-}
-
 impl Default for Changes {
     /// No cache: for stores without a change feed, and for tests.
     fn default() -> Self {
@@ -111,6 +71,7 @@ impl Default for Changes {
 }
 
 /// One waiter's interest in one job; dropping it withdraws the interest.
+#[derive(Debug)]
 pub struct Subscription {
     changes: Arc<Changes>,
     id: Uuid,
@@ -123,7 +84,6 @@ impl Changes {
         Self {
             signals: Mutex::default(),
             cache,
-            reads: StoreReads::default(),
             feed: Feed::default(),
         }
     }
@@ -158,11 +118,6 @@ impl Changes {
             }
             _ => FeedChange::Unchanged,
         }
-    }
-
-    /// The statistics of the reads that reached the database.
-    pub fn reads(&self) -> &StoreReads {
-        &self.reads
     }
 
     /// The read cache these changes keep truthful.

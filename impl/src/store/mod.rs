@@ -8,7 +8,7 @@
 //! path is a direct call without boxing.
 
 mod cache;
-pub mod changes;
+pub(crate) mod changes;
 mod postgres;
 mod postgres_tls;
 mod sqlite;
@@ -25,10 +25,10 @@ use crate::jobs::{
     Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
 
-pub use cache::JobCache;
-pub use changes::{Changes, Subscription};
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub(crate) use cache::JobCache;
+pub(crate) use changes::Changes;
+pub(crate) use postgres::PostgresStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// Something a store could not do, named for what failed.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +185,16 @@ pub enum Store {
     Postgres(PostgresStore),
 }
 
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($backend) => $call.await,
+            Store::Postgres($backend) => $call.await,
+        }
+    };
+}
+
 impl Store {
     /// Opens the database at `url` for `access` (read-write applies migrations).
     /// `jobs` gives the TTL and the read cache; `postgres` sizes the pool and sets
@@ -224,6 +234,29 @@ impl Store {
         }
     }
 
+    /// [`JobStore::find_for_client`] from the read cache alone: `None` when it
+    /// cannot answer (the job is not there, or the change feed is down).
+    pub fn cached(&self, id: Uuid, client_id: &str, now: Timestamp) -> Option<Option<Job>> {
+        self.changes().cache().get(id, client_id, now)
+    }
+
+    /// [`JobStore::find_for_client`] from the database, remembering the job in
+    /// the read cache.
+    pub async fn read_through(
+        &self,
+        id: Uuid,
+        client_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<Job>, StoreError> {
+        let cache = self.changes().cache();
+        let generation = cache.generation();
+        let found = dispatch!(self, store => store.find_for_client(id, client_id, now))?;
+        if let Some(job) = &found {
+            cache.insert(job, generation);
+        }
+        Ok(found)
+    }
+
     /// The wake-ups of this store's long polls.
     pub fn changes(&self) -> &Arc<Changes> {
         match self {
@@ -243,16 +276,6 @@ impl Store {
     }
 }
 
-/// Calls the same method on whichever backend this is.
-macro_rules! dispatch {
-    ($store:expr, $backend:ident => $call:expr) => {
-        match $store {
-            Store::Sqlite($backend) => $call.await,
-            Store::Postgres($backend) => $call.await,
-        }
-    };
-}
-
 impl JobStore for Store {
     async fn find_for_client(
         &self,
@@ -260,21 +283,10 @@ impl JobStore for Store {
         client_id: &str,
         now: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
-        let cache = self.changes().cache();
-        if let Some(answer) = cache.get(id, client_id, now) {
-            return Ok(answer);
+        match self.cached(id, client_id, now) {
+            Some(answer) => Ok(answer),
+            None => self.read_through(id, client_id, now).await,
         }
-        let generation = cache.generation();
-        let started = std::time::Instant::now();
-        let found = dispatch!(self, store => store.find_for_client(id, client_id, now));
-        self.changes()
-            .reads()
-            .record(started.elapsed(), found.is_ok());
-        let found = found?;
-        if let Some(job) = &found {
-            cache.insert(job, generation);
-        }
-        Ok(found)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -321,7 +333,7 @@ pub async fn purge(store: &impl JobStore, now: Timestamp, batch: u32) -> Result<
 /// Purges expired jobs every `every` until `shutdown` changes. The first purge is
 /// one interval after start, so that instances restarting together do not all
 /// purge at once.
-pub async fn purge_periodically(
+pub(crate) async fn purge_periodically(
     store: Store,
     every: Duration,
     batch: u32,
@@ -334,7 +346,7 @@ pub async fn purge_periodically(
             _ = ticks.tick() => match purge(&store, Timestamp::now(), batch).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "purged expired jobs"),
-                Err(e) => tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "purging expired jobs failed"),
+                Err(e) => tracing::warn!(error = %crate::chain::ErrorChain(&e), "purging expired jobs failed"),
             },
             _ = shutdown.changed() => return,
         }
@@ -344,18 +356,18 @@ pub async fn purge_periodically(
 /// Where each column is in the rows every backend selects: their `select_jobs!`
 /// list the columns in this order, and rows are read by position, not by name.
 pub(crate) mod column {
-    pub const ID: usize = 0;
-    pub const CLIENT_ID: usize = 1;
-    pub const KIND: usize = 2;
-    pub const STATUS: usize = 3;
-    pub const ETA: usize = 4;
-    pub const LINKS: usize = 5;
-    pub const ERROR_CODE: usize = 6;
-    pub const ERROR_TYPE: usize = 7;
-    pub const ERROR_MESSAGE: usize = 8;
-    pub const DEDUP_HASH: usize = 9;
-    pub const CREATED_AT: usize = 10;
-    pub const FINISHED_AT: usize = 11;
+    pub(crate) const ID: usize = 0;
+    pub(crate) const CLIENT_ID: usize = 1;
+    pub(crate) const KIND: usize = 2;
+    pub(crate) const STATUS: usize = 3;
+    pub(crate) const ETA: usize = 4;
+    pub(crate) const LINKS: usize = 5;
+    pub(crate) const ERROR_CODE: usize = 6;
+    pub(crate) const ERROR_TYPE: usize = 7;
+    pub(crate) const ERROR_MESSAGE: usize = 8;
+    pub(crate) const DEDUP_HASH: usize = 9;
+    pub(crate) const CREATED_AT: usize = 10;
+    pub(crate) const FINISHED_AT: usize = 11;
 }
 
 /// A row as every backend reads it, before its invariants are checked.
@@ -377,7 +389,7 @@ pub(crate) struct Row {
 impl Row {
     /// The job this row stores; a row that breaks an invariant is reported as
     /// corrupt, never guessed at.
-    pub fn into_job(self) -> Result<Job, StoreError> {
+    pub(crate) fn into_job(self) -> Result<Job, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt {
             id: self.id.to_string(),
             reason,

@@ -243,7 +243,7 @@ impl PostgresStore {
             if started.elapsed() > LISTEN_BACKOFF_MAX {
                 backoff = LISTEN_BACKOFF_MIN;
             }
-            let error = crate::http::mapping::ErrorChain(&ended).to_string();
+            let error = crate::chain::ErrorChain(&ended).to_string();
             if self.changes.set_feed(false) == FeedChange::Lost {
                 down_since = Some(Instant::now());
                 tracing::warn!(error, retry_in = ?backoff,

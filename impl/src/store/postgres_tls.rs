@@ -18,11 +18,11 @@ use tokio_rustls::TlsConnector;
 
 /// Makes a TLS connector per host, from one client configuration.
 #[derive(Clone)]
-pub struct MakeRustls(Arc<ClientConfig>);
+pub(super) struct MakeRustls(Arc<ClientConfig>);
 
 impl MakeRustls {
     /// Connectors with `config` (see [`crate::tls::client_config`]).
-    pub fn new(config: Arc<ClientConfig>) -> Self {
+    pub(super) fn new(config: Arc<ClientConfig>) -> Self {
         Self(config)
     }
 }
@@ -53,7 +53,7 @@ where
 }
 
 /// One TLS handshake with one host.
-pub struct Rustls {
+pub(super) struct Rustls {
     connector: TlsConnector,
     name: ServerName<'static>,
 }
@@ -77,7 +77,7 @@ where
 }
 
 /// A TLS connection to PostgreSQL.
-pub struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+pub(super) struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> ChannelBinding {

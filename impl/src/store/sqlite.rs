@@ -120,7 +120,7 @@ impl SqliteStore {
                 changes.set_feed(looked.is_ok());
             }
             if let Err(e) = looked {
-                tracing::warn!(error = %crate::http::mapping::ErrorChain(&e), "looking for finished jobs failed");
+                tracing::warn!(error = %crate::chain::ErrorChain(&e), "looking for finished jobs failed");
             }
         }
     }

@@ -350,7 +350,7 @@ pub fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
 pub async fn producer_main() {
     use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
     use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
-    use compositions_jobs::store::{Access, JobStore, Store};
+    use compositions_jobs::{Access, JobStore, Store};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     let Ok(url) = std::env::var(PRODUCER_DATABASE) else {
@@ -366,9 +366,7 @@ pub async fn producer_main() {
         let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     };
     // Every error with its causes, as the service logs them.
-    let chain = |e: compositions_jobs::store::StoreError| {
-        compositions_jobs::http::mapping::ErrorChain(&e).to_string()
-    };
+    let chain = |e: compositions_jobs::StoreError| compositions_jobs::ErrorChain(&e).to_string();
     say(String::new());
 
     let url: DatabaseUrl = url.parse().unwrap();
@@ -639,11 +637,11 @@ impl Drop for Producer {
 /// links or error the producer wrote. Returns how many jobs show a transition
 /// that was never acknowledged, and each job's status.
 pub async fn check_every_ack(
-    store: &compositions_jobs::store::Store,
+    store: &compositions_jobs::Store,
     ledger: &Ledger,
 ) -> (usize, std::collections::HashMap<uuid::Uuid, String>) {
+    use compositions_jobs::JobStore;
     use compositions_jobs::jobs::State;
-    use compositions_jobs::store::JobStore;
 
     let mut landed_unacked = 0;
     let mut statuses = std::collections::HashMap::new();
