@@ -103,9 +103,10 @@ async fn a_silent_listener_is_noticed_and_long_polls_still_hear_of_transitions()
     let ctx = TestContext::with_config(|config| configure(config, url)).await;
     // Another process: its own connections, straight to PostgreSQL.
     let producer = Store::open(
-        &DatabaseUrl::Postgres(schema.url.clone()),
-        &ctx.config.jobs,
-        &ctx.config.postgres,
+        &Config {
+            database: DatabaseUrl::Postgres(schema.url.clone()),
+            ..ctx.config.clone()
+        },
         Access::ReadWrite,
     )
     .await

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
+use compositions_jobs::config::{Config, DatabaseUrl, JobsConfig};
 use compositions_jobs::jobs::{
     Failure, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
 };
@@ -16,10 +16,15 @@ use uuid::Uuid;
 
 const TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-fn jobs_config() -> JobsConfig {
-    JobsConfig {
-        ttl: TTL,
-        ..JobsConfig::default()
+/// The store's configuration for `database`, with a short TTL.
+fn config(database: DatabaseUrl) -> Config {
+    Config {
+        database,
+        jobs: JobsConfig {
+            ttl: TTL,
+            ..JobsConfig::default()
+        },
+        ..Config::default()
     }
 }
 
@@ -39,13 +44,7 @@ enum Database {
 impl Backend {
     /// Opens another store on the same database, as another process would.
     async fn reopen(&self) -> Result<Store, StoreError> {
-        Store::open(
-            &self.url,
-            &jobs_config(),
-            &PostgresConfig::default(),
-            Access::ReadWrite,
-        )
-        .await
+        Store::open(&config(self.url.clone()), Access::ReadWrite).await
     }
 }
 
@@ -55,14 +54,9 @@ async fn backends() -> Vec<Backend> {
     let url = DatabaseUrl::Sqlite(dir.path().join("jobs.db"));
     let mut backends = vec![Backend {
         name: "sqlite",
-        store: Store::open(
-            &url,
-            &jobs_config(),
-            &PostgresConfig::default(),
-            Access::ReadWrite,
-        )
-        .await
-        .unwrap(),
+        store: Store::open(&config(url.clone()), Access::ReadWrite)
+            .await
+            .unwrap(),
         url,
         _database: Database::Sqlite(dir),
     }];
@@ -70,14 +64,9 @@ async fn backends() -> Vec<Backend> {
         let url = DatabaseUrl::Postgres(schema.url.clone());
         backends.push(Backend {
             name: "postgres",
-            store: Store::open(
-                &url,
-                &jobs_config(),
-                &PostgresConfig::default(),
-                Access::ReadWrite,
-            )
-            .await
-            .unwrap(),
+            store: Store::open(&config(url.clone()), Access::ReadWrite)
+                .await
+                .unwrap(),
             url,
             _database: Database::Postgres(schema),
         });

@@ -51,14 +51,9 @@ fn service() -> &'static Service {
                 config.polling.limit_per_second = 0.0;
                 config.polling.max_wait = Duration::from_millis(1);
                 let config = config.validated().expect("valid");
-                let store = Store::open(
-                    &config.database,
-                    &config.jobs,
-                    &config.postgres,
-                    Access::ReadWrite,
-                )
-                .await
-                .expect("a store");
+                let store = Store::open(&config, Access::ReadWrite)
+                    .await
+                    .expect("a store");
                 let job = NewJob {
                     id: Uuid::new_v4(),
                     client_id: common::CLIENT.into(),

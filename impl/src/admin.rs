@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::http::Limits;
+use crate::jobs::{Status, StatusCounts};
 use crate::metrics::{self, DATABASE_READ_BUCKETS, Metrics};
 use crate::store::{JobStore, Store};
 
@@ -48,7 +49,7 @@ pub(crate) struct Admin {
 }
 
 /// When jobs were counted, and the count per status.
-pub(crate) type JobCount = (Instant, Vec<(String, u64)>);
+pub(crate) type JobCount = (Instant, StatusCounts);
 
 /// How long a count of jobs by status is reused: it scans the table, and
 /// Prometheus scrapes every few seconds.
@@ -131,13 +132,10 @@ impl Admin {
                     "# HELP compositions_jobs_jobs Jobs in the store by status (recounted at most every 30 s).\n\
                      # TYPE compositions_jobs_jobs gauge\n",
                 );
-                for status in ["PENDING", "DONE", "FAILED"] {
-                    let count = counts
-                        .iter()
-                        .find(|(s, _)| s == status)
-                        .map_or(0, |(_, count)| *count);
+                for status in Status::ALL {
                     out.push_str(&format!(
-                        "compositions_jobs_jobs{{status=\"{status}\"}} {count}\n"
+                        "compositions_jobs_jobs{{status=\"{status}\"}} {}\n",
+                        counts.get(status)
                     ));
                 }
             }
@@ -289,18 +287,18 @@ impl Admin {
 impl Admin {
     /// The count of jobs by status, reused for `JOB_COUNT_MAX_AGE`; `None` when
     /// the store cannot say within the readiness deadline.
-    async fn jobs_by_status(&self) -> Option<Vec<(String, u64)>> {
+    async fn jobs_by_status(&self) -> Option<StatusCounts> {
         let mut counted = self.jobs_counted.lock().await;
         if let Some((at, counts)) = counted.as_ref()
             && at.elapsed() < JOB_COUNT_MAX_AGE
         {
-            return Some(counts.clone());
+            return Some(*counts);
         }
         let counts = tokio::time::timeout(READY_DEADLINE, self.store.count_by_status())
             .await
             .ok()?
             .ok()?;
-        *counted = Some((Instant::now(), counts.clone()));
+        *counted = Some((Instant::now(), counts));
         Some(counts)
     }
 }

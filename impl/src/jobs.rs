@@ -193,6 +193,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Done, Self::Failed];
+
     /// The name stored in the `status` column and sent on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -200,6 +203,35 @@ impl Status {
             Self::Done => "DONE",
             Self::Failed => "FAILED",
         }
+    }
+}
+
+/// How many jobs are in each status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pending: u64,
+    done: u64,
+    failed: u64,
+}
+
+impl StatusCounts {
+    /// The jobs in `status`.
+    pub fn get(&self, status: Status) -> u64 {
+        match status {
+            Status::Pending => self.pending,
+            Status::Done => self.done,
+            Status::Failed => self.failed,
+        }
+    }
+
+    /// Counts `count` more jobs in `status`.
+    pub fn add(&mut self, status: Status, count: u64) {
+        let counted = match status {
+            Status::Pending => &mut self.pending,
+            Status::Done => &mut self.done,
+            Status::Failed => &mut self.failed,
+        };
+        *counted += count;
     }
 }
 

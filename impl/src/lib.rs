@@ -168,17 +168,12 @@ pub async fn start_server(
             source,
         })?;
     let admin_addr = admin_listener.local_addr().map_err(StartError::Listener)?;
-    let store = Store::open(
-        &config.database,
-        &config.jobs,
-        &config.postgres,
-        Access::ReadWrite,
-    )
-    .await
-    .map_err(|source| StartError::Store {
-        database: config.database.to_string(),
-        source,
-    })?;
+    let store = Store::open(&config, Access::ReadWrite)
+        .await
+        .map_err(|source| StartError::Store {
+            database: config.database.to_string(),
+            source,
+        })?;
     let (authenticator, key_source) = Authenticator::from_config(&config.auth)?;
     let authenticator = Arc::new(authenticator);
     let metrics = Arc::new(metrics::Metrics::default());
@@ -196,11 +191,7 @@ pub async fn start_server(
         config.jobs.purge_batch,
         shutdown_rx.clone(),
     ));
-    let watcher = tokio::spawn(
-        store
-            .clone()
-            .watch_changes(config.polling.change_check_interval, shutdown_rx.clone()),
-    );
+    let watcher = tokio::spawn(store.clone().watch_changes(shutdown_rx.clone()));
     let limiter = http::RateLimiter::new(&config.polling);
     let polling = polling::Polling::new(
         store.clone(),

@@ -378,13 +378,11 @@ async fn jobs(config: Config, command: JobsCommand) -> Result<(), Failed> {
         | JobsCommand::Fail { .. }
         | JobsCommand::Purge => Access::ReadWrite,
     };
-    let store = Store::open(&config.database, &config.jobs, &config.postgres, access)
-        .await
-        .map_err(|e| {
-            let mut failed = Failed::from(e);
-            failed.message = format!("{}: {}", config.database, failed.message);
-            failed
-        })?;
+    let store = Store::open(&config, access).await.map_err(|e| {
+        let mut failed = Failed::from(e);
+        failed.message = format!("{}: {}", config.database, failed.message);
+        failed
+    })?;
     let now = Timestamp::now();
     let job = match command {
         JobsCommand::Create {

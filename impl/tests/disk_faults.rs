@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::Duration;
 
-use compositions_jobs::config::{JobsConfig, PostgresConfig};
+use compositions_jobs::config::Config;
 use compositions_jobs::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_JOBS, PRODUCER_PAUSE_AFTER_ERRORS, Producer, Server,
@@ -190,9 +190,10 @@ async fn check_after_fault(path: &Path, ledgers: &[&Ledger]) -> usize {
         .unwrap();
     assert_eq!(integrity, "ok");
     let store = Store::open(
-        &sqlite_url(path).parse().unwrap(),
-        &JobsConfig::default(),
-        &PostgresConfig::default(),
+        &Config {
+            database: sqlite_url(path).parse().unwrap(),
+            ..Config::default()
+        },
         Access::ReadWrite,
     )
     .await

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use compositions_jobs::config::{JobsConfig, PostgresConfig};
+use compositions_jobs::config::Config;
 use compositions_jobs::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_WORKERS, Producer, Server, check_every_ack, check_over_http,
@@ -131,9 +131,10 @@ async fn crash_and_restart(
     let server = Server::spawn(server_command());
     let url = database.parse().unwrap();
     let store = Store::open(
-        &url,
-        &JobsConfig::default(),
-        &PostgresConfig::default(),
+        &Config {
+            database: url,
+            ..Config::default()
+        },
         Access::ReadWrite,
     )
     .await

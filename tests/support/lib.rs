@@ -91,14 +91,7 @@ impl TestContext {
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = start_server(config.clone(), listener).await.unwrap();
-        let store = Store::open(
-            &config.database,
-            &config.jobs,
-            &config.postgres,
-            Access::ReadWrite,
-        )
-        .await
-        .unwrap();
+        let store = Store::open(&config, Access::ReadWrite).await.unwrap();
         Self {
             addr: server.local_addr(),
             dir,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, Subcommand};
-use compositions_jobs::config::{Config, DatabaseUrl, JobsConfig, PostgresConfig};
+use compositions_jobs::config::{Config, JobsConfig};
 use compositions_jobs::jobs::{Failure, Kind, Link, NewJob, Outcome, Timestamp};
 use compositions_jobs::{Access, JobStore, Store};
 use jsonwebtoken::EncodingKey;
@@ -580,12 +580,15 @@ fn garbage_token(random: &mut SplitMix, batch: &str, n: usize) -> String {
 }
 
 async fn open(database: &str) -> Result<Store, Failed> {
-    let url: DatabaseUrl = database.parse()?;
-    let jobs = JobsConfig {
-        ttl: TTL,
-        ..JobsConfig::default()
+    let config = Config {
+        database: database.parse()?,
+        jobs: JobsConfig {
+            ttl: TTL,
+            ..JobsConfig::default()
+        },
+        ..Config::default()
     };
-    Ok(Store::open(&url, &jobs, &PostgresConfig::default(), Access::ReadWrite).await?)
+    Ok(Store::open(&config, Access::ReadWrite).await?)
 }
 
 async fn seed(database: &str, client_id: &str, count: usize, pending: bool) -> Result<(), Failed> {

@@ -7,6 +7,20 @@
 //! the database URL; it is an enum rather than a trait object so that the hot read
 //! path is a direct call without boxing.
 
+/// `SELECT` of every column a `Row` holds, in [`column`]'s order, `WHERE` the
+/// conditions given: one query shape for every backend (their placeholders are
+/// theirs). A macro, so that each query is a `&'static str` both the SQLite and
+/// the PostgreSQL statement caches can key by.
+macro_rules! select_jobs {
+    ($($condition:literal),+) => {
+        concat!(
+            "SELECT id, client_id, kind, status, eta, links, error_code, error_type, ",
+            "error_message, dedup_hash, created_at, finished_at FROM jobs WHERE ",
+            $($condition),+
+        )
+    };
+}
+
 mod cache;
 pub(crate) mod changes;
 mod postgres;
@@ -20,9 +34,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::config::{DatabaseUrl, JobsConfig, PostgresConfig};
+use crate::config::{Config, DatabaseUrl};
 use crate::jobs::{
-    Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, Timestamp, Transition,
+    Failure, Job, Kind, LifecycleError, Link, NewJob, Outcome, State, Status, StatusCounts,
+    Timestamp, Transition,
 };
 
 pub(crate) use cache::JobCache;
@@ -93,6 +108,17 @@ impl StoreError {
     }
 }
 
+/// A connection pool's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open.
+    pub size: usize,
+    /// Connections idle.
+    pub available: usize,
+    /// The most it opens.
+    pub max_size: usize,
+}
+
 /// What a store is opened for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -148,9 +174,7 @@ pub trait JobStore: Send + Sync {
     fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
 
     /// How many jobs are in each status (for `/metrics`): a scan of the table.
-    fn count_by_status(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send;
+    fn count_by_status(&self) -> impl Future<Output = Result<StatusCounts, StoreError>> + Send;
 
     /// Creates a pending job, or returns the client's pending job with the same
     /// dedup hash.
@@ -196,27 +220,26 @@ macro_rules! dispatch {
 }
 
 impl Store {
-    /// Opens the database at `url` for `access` (read-write applies migrations).
-    /// `jobs` gives the TTL and the read cache; `postgres` sizes the pool and sets
-    /// TLS when `url` is PostgreSQL.
-    pub async fn open(
-        url: &DatabaseUrl,
-        jobs: &JobsConfig,
-        postgres: &PostgresConfig,
-        access: Access,
-    ) -> Result<Self, StoreError> {
-        match url {
-            DatabaseUrl::Sqlite(path) => {
-                Ok(Self::Sqlite(SqliteStore::open(path, jobs, access).await?))
-            }
+    /// Opens `config.database` for `access` (read-write applies migrations),
+    /// with what else the backend reads from `config`: the TTL and the read
+    /// cache (`jobs`), and the pool and TLS (`postgres`) or the change check
+    /// (`polling.change_check_interval`).
+    pub async fn open(config: &Config, access: Access) -> Result<Self, StoreError> {
+        match &config.database {
+            DatabaseUrl::Sqlite(path) => Ok(Self::Sqlite(
+                SqliteStore::open(
+                    path,
+                    &config.jobs,
+                    config.polling.change_check_interval,
+                    access,
+                )
+                .await?,
+            )),
             DatabaseUrl::Postgres(url) => Ok(Self::Postgres(
-                PostgresStore::open(url, jobs, postgres, access).await?,
+                PostgresStore::open(url, &config.jobs, &config.postgres, access).await?,
             )),
         }
     }
-}
-
-impl Store {
     /// Closes the PostgreSQL pool at shutdown (SQLite's connections close as they
     /// are dropped).
     pub fn close(&self) {
@@ -225,9 +248,9 @@ impl Store {
         }
     }
 
-    /// The PostgreSQL pool's size, idle connections and limit (`None` for SQLite,
-    /// whose readers are opened on demand).
-    pub fn pool_status(&self) -> Option<deadpool_postgres::Status> {
+    /// The connection pool's size, idle connections and limit (`None` for a
+    /// backend without a pool).
+    pub fn pool_status(&self) -> Option<PoolStatus> {
         match self {
             Self::Sqlite(_) => None,
             Self::Postgres(store) => Some(store.pool_status()),
@@ -266,11 +289,10 @@ impl Store {
     }
 
     /// Wakes waiters when another process finishes their jobs, until `shutdown`
-    /// changes: SQLite looks at `PRAGMA data_version` every `sqlite_interval`;
-    /// PostgreSQL listens for the `NOTIFY` its trigger sends.
-    pub async fn watch_changes(self, sqlite_interval: Duration, shutdown: watch::Receiver<bool>) {
+    /// changes: the backend's change feed (see [`Changes`]).
+    pub async fn watch_changes(self, shutdown: watch::Receiver<bool>) {
         match self {
-            Self::Sqlite(store) => store.watch_changes(sqlite_interval, shutdown).await,
+            Self::Sqlite(store) => store.watch_changes(shutdown).await,
             Self::Postgres(store) => store.watch_changes(shutdown).await,
         }
     }
@@ -293,7 +315,7 @@ impl JobStore for Store {
         dispatch!(self, store => store.get(id))
     }
 
-    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         dispatch!(self, store => store.count_by_status())
     }
 
@@ -353,8 +375,8 @@ pub(crate) async fn purge_periodically(
     }
 }
 
-/// Where each column is in the rows every backend selects: their `select_jobs!`
-/// list the columns in this order, and rows are read by position, not by name.
+/// Where each column is in the rows `select_jobs!` selects: rows are read by
+/// position, not by name (a test checks that the two lists agree).
 pub(crate) mod column {
     pub(crate) const ID: usize = 0;
     pub(crate) const CLIENT_ID: usize = 1;
@@ -423,7 +445,12 @@ impl Row {
                     _ => return Err(corrupt("FAILED without an error".into())),
                 }
             }
-            (status, _) => return Err(corrupt(format!("{status} with a wrong finished_at"))),
+            (Status::Pending, Some(_)) => {
+                return Err(corrupt("PENDING with a finished_at".into()));
+            }
+            (Status::Done | Status::Failed, None) => {
+                return Err(corrupt(format!("{status} without a finished_at")));
+            }
         };
         Ok(Job {
             id: self.id,
@@ -436,10 +463,61 @@ impl Row {
     }
 }
 
+/// Counts read from `SELECT status, count(*) … GROUP BY status` rows; a status
+/// this binary does not know is a corrupt store.
+pub(crate) fn status_counts(
+    rows: impl IntoIterator<Item = (String, i64)>,
+) -> Result<StatusCounts, StoreError> {
+    let mut counts = StatusCounts::default();
+    for (status, count) in rows {
+        let parsed = status.parse::<Status>().map_err(|e| StoreError::Corrupt {
+            id: format!("(the jobs in status {status:?})"),
+            reason: e.to_string(),
+        })?;
+        counts.add(parsed, u64::try_from(count).unwrap_or_default());
+    }
+    Ok(counts)
+}
+
 /// The columns a transition writes: links for DONE, the error for FAILED.
 pub(crate) fn outcome_columns(outcome: &Outcome) -> (Option<&[Link]>, Option<&Failure>) {
     match outcome {
         Outcome::Done(links) => (Some(links), None),
         Outcome::Failed(failure) => (None, Some(failure)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::column;
+
+    /// `column`'s positions are those of `select_jobs!`'s list.
+    #[test]
+    fn the_column_positions_are_the_select_list() {
+        let sql = select_jobs!("1 = 1");
+        let list = sql
+            .trim_start_matches("SELECT ")
+            .split(" FROM ")
+            .next()
+            .unwrap_or_default();
+        let names: Vec<&str> = list.split(", ").collect();
+        let positions = [
+            ("id", column::ID),
+            ("client_id", column::CLIENT_ID),
+            ("kind", column::KIND),
+            ("status", column::STATUS),
+            ("eta", column::ETA),
+            ("links", column::LINKS),
+            ("error_code", column::ERROR_CODE),
+            ("error_type", column::ERROR_TYPE),
+            ("error_message", column::ERROR_MESSAGE),
+            ("dedup_hash", column::DEDUP_HASH),
+            ("created_at", column::CREATED_AT),
+            ("finished_at", column::FINISHED_AT),
+        ];
+        assert_eq!(names.len(), positions.len());
+        for (name, position) in positions {
+            assert_eq!(names[position], name);
+        }
     }
 }

@@ -32,7 +32,7 @@ use super::{
     outcome_columns,
 };
 use crate::config::{JobsConfig, PostgresConfig, PostgresTls, SslMode, split_postgres_url};
-use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
+use crate::jobs::{self, Job, Link, NewJob, Outcome, State, StatusCounts, Timestamp, Transition};
 use crate::tls::{self, TlsFiles, Verify};
 
 /// Each entry upgrades the schema by one version (`jobs_schema_version`).
@@ -55,17 +55,6 @@ const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The advisory lock that serializes migrations across instances ("cjobs").
 const MIGRATION_LOCK: i64 = 0x0063_6a6f_6273;
-
-/// The columns [`row`] reads; a macro so that queries are `&'static str`.
-macro_rules! select_jobs {
-    ($($condition:literal),+) => {
-        concat!(
-            "SELECT id, client_id, kind, status, eta, links, error_code, error_type, ",
-            "error_message, dedup_hash, created_at, finished_at FROM jobs WHERE ",
-            $($condition),+
-        )
-    };
-}
 
 /// A job store in a PostgreSQL database.
 #[derive(Clone)]
@@ -121,8 +110,13 @@ impl PostgresStore {
     }
 
     /// The pool's size, idle connections and limit.
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
-        self.pool.status()
+    pub fn pool_status(&self) -> super::PoolStatus {
+        let status = self.pool.status();
+        super::PoolStatus {
+            size: status.size,
+            available: status.available,
+            max_size: status.max_size,
+        }
     }
 
     /// Connects to `url` with the pool `config`, over TLS as its `sslmode` and
@@ -431,19 +425,13 @@ impl JobStore for PostgresStore {
         .await
     }
 
-    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         self.with_client("count jobs by status", async |client| {
             let rows = client
                 .query("SELECT status, count(*) FROM jobs GROUP BY status", &[])
                 .await
                 .map_err(|e| StoreError::backend("count jobs by status", e))?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    let count: i64 = row.get(1);
-                    (row.get(0), u64::try_from(count).unwrap_or_default())
-                })
-                .collect())
+            super::status_counts(rows.iter().map(|row| (row.get(0), row.get(1))))
         })
         .await
     }

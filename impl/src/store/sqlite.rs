@@ -23,21 +23,10 @@ use super::{
     outcome_columns,
 };
 use crate::config::JobsConfig;
-use crate::jobs::{self, Job, Link, NewJob, Outcome, State, Timestamp, Transition};
+use crate::jobs::{self, Job, Link, NewJob, Outcome, State, StatusCounts, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`).
 const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
-
-/// The columns [`job_from_row`] reads; a macro so that queries are `&'static str`.
-macro_rules! select_jobs {
-    ($($condition:literal),+) => {
-        concat!(
-            "SELECT id, client_id, kind, status, eta, links, error_code, error_type, ",
-            "error_message, dedup_hash, created_at, finished_at FROM jobs WHERE ",
-            $($condition),+
-        )
-    };
-}
 
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -46,6 +35,8 @@ const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    /// How often to look for transitions by other processes.
+    change_check_interval: Duration,
 }
 
 struct Inner {
@@ -73,7 +64,12 @@ impl SqliteStore {
     /// Opens (creating if needed) the file at `path` and applies migrations;
     /// read-only, opens an existing file and checks its schema, writing nothing.
     /// The folder must exist.
-    pub async fn open(path: &Path, jobs: &JobsConfig, access: Access) -> Result<Self, StoreError> {
+    pub async fn open(
+        path: &Path,
+        jobs: &JobsConfig,
+        change_check_interval: Duration,
+        access: Access,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let cache = JobCache::new(jobs.read_cache_entries, jobs.read_cache_max_age, jobs.ttl);
         let ttl = jobs.ttl;
@@ -82,6 +78,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::backend("open the database", e))??;
         Ok(Self {
             inner: Arc::new(inner),
+            change_check_interval,
         })
     }
 
@@ -98,12 +95,12 @@ impl SqliteStore {
     /// Wakes waiters whose jobs another connection (another process) finished,
     /// and keeps the read cache truthful.
     ///
-    /// Every `every`, one `PRAGMA data_version` (it reads shared memory, not the
+    /// Every `change_check_interval`, one `PRAGMA data_version` (it reads shared memory, not the
     /// file) tells whether anyone else committed; only then are the cached
     /// PENDING jobs forgotten and the waited ones looked up, in one query per
     /// 500, and the finished ones woken. The cache serves only while this runs.
-    pub async fn watch_changes(self, every: Duration, mut shutdown: watch::Receiver<bool>) {
-        let mut ticks = tokio::time::interval(every);
+    pub async fn watch_changes(self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.change_check_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut seen = None;
         loop {
@@ -405,7 +402,7 @@ impl JobStore for SqliteStore {
 
     /// A scan of the whole table (about 0.3 s a million jobs), so it runs on the
     /// blocking pool, never on a worker that answers polls.
-    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         let failed = |e| StoreError::backend("count jobs by status", e);
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
@@ -417,12 +414,10 @@ impl JobStore for SqliteStore {
                 .query_map([], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
                 })
+                .map_err(failed)?
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(failed)?;
-            rows.map(|row| {
-                row.map(|(status, count)| (status, u64::try_from(count).unwrap_or_default()))
-                    .map_err(failed)
-            })
-            .collect()
+            super::status_counts(rows)
         })
         .await
         .map_err(|e| StoreError::backend("count jobs by status", e))?

@@ -348,7 +348,7 @@ pub fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
 /// [`PRODUCER_PAUSE_AFTER_ERRORS`]); `end` when it is done. It never panics on a
 /// store error.
 pub async fn producer_main() {
-    use compositions_jobs::config::{DatabaseUrl, JobsConfig, PostgresConfig};
+    use compositions_jobs::config::{Config, DatabaseUrl};
     use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
     use compositions_jobs::{Access, JobStore, Store};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -371,9 +371,10 @@ pub async fn producer_main() {
 
     let url: DatabaseUrl = url.parse().unwrap();
     let store = match Store::open(
-        &url,
-        &JobsConfig::default(),
-        &PostgresConfig::default(),
+        &Config {
+            database: url,
+            ..Config::default()
+        },
         Access::ReadWrite,
     )
     .await
