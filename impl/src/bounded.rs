@@ -16,7 +16,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use foldhash::fast::RandomState;
-use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult};
 use quick_cache::{Equivalent, UnitWeighter};
 
 type Shards<K, V> = Cache<K, V, UnitWeighter, RandomState, DefaultLifecycle<K, V>>;
@@ -60,6 +60,56 @@ impl<K: Eq + Hash, V: Clone> Bounded<K, V> {
     pub(crate) fn insert(&self, key: K, value: V) {
         if let Some(cache) = &self.cache {
             cache.insert(key, value);
+        }
+    }
+
+    /// Changes the value for `key` in place (`make` gives the first one), with
+    /// no other call on that key in between, and returns what `change` says;
+    /// `None` when the map is off.
+    pub(crate) fn update<T>(
+        &self,
+        key: K,
+        make: impl FnOnce() -> V,
+        change: impl Fn(&mut V) -> T,
+    ) -> Option<T>
+    where
+        K: Clone,
+    {
+        let cache = self.cache.as_ref()?;
+        match cache.entry(&key, None, |_, value| EntryAction::Retain(change(value))) {
+            EntryResult::Retained(answer) => Some(answer),
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                let mut value = make();
+                let answer = change(&mut value);
+                let _ = guard.insert(value);
+                Some(answer)
+            }
+            // Neither is asked for: `change` never removes, and there is no timeout.
+            EntryResult::Removed(..) | EntryResult::Timeout => None,
+        }
+    }
+
+    /// Forgets `key`.
+    pub(crate) fn remove<Q>(&self, key: &Q)
+    where
+        Q: Hash + Equivalent<K> + ?Sized,
+    {
+        if let Some(cache) = &self.cache {
+            cache.remove(key);
+        }
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub(crate) fn retain(&self, keep: impl Fn(&K, &V) -> bool) {
+        if let Some(cache) = &self.cache {
+            cache.retain(keep);
+        }
+    }
+
+    /// Forgets everything.
+    pub(crate) fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
         }
     }
 
@@ -108,9 +158,46 @@ mod tests {
     }
 
     #[test]
+    fn updates_of_one_key_never_interleave() {
+        let map = std::sync::Arc::new(Bounded::new(10));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let map = std::sync::Arc::clone(&map);
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        map.update(1_u32, || 0_u64, |n| *n += 1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread
+                .join()
+                .unwrap_or_else(|_| panic!("a thread panicked"));
+        }
+        assert_eq!(map.get(&1, |_| true), Some(40_000));
+        assert_eq!(map.update(2, || 7, |n| *n), Some(7), "made, then changed");
+    }
+
+    #[test]
+    fn entries_are_removed_kept_or_cleared_on_demand() {
+        let map = Bounded::new(10);
+        for n in 0..6_u32 {
+            map.insert(n, n);
+        }
+        map.remove(&0);
+        map.retain(|_, n| n % 2 == 0);
+        assert_eq!(map.len(), 2, "2 and 4");
+        assert_eq!(map.get(&4, |_| true), Some(4));
+        map.clear();
+        assert_eq!(map.len(), 0);
+    }
+
+    #[test]
     fn zero_keeps_nothing() {
         let map = Bounded::new(0);
         map.insert(1_u32, 1_u32);
+        assert_eq!(map.update(1, || 0, |_| ()), None);
         assert_eq!(map.get(&1, |_| true), None);
         assert_eq!(map.len(), 0);
     }

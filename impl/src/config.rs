@@ -137,6 +137,9 @@ pub struct PollingConfig {
     /// The longest `Prefer: wait` granted.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// The random spread of `Retry-After` and of a long poll's end, as a share of
+    /// each (0 turns it off), so that clients that started together drift apart.
+    pub jitter: f64,
     /// Polls of one job by one client allowed per second, after the burst; 0 turns
     /// the limit off.
     pub limit_per_second: f64,
@@ -446,6 +449,7 @@ impl Default for PollingConfig {
             retry_after_min: Duration::from_secs(1),
             retry_after_max: Duration::from_secs(10),
             max_wait: Duration::from_secs(30),
+            jitter: 0.2,
             limit_per_second: 1.0,
             limit_burst: 10,
             limit_entries: 100_000,
@@ -613,6 +617,9 @@ impl Config {
                 "polling.retry_after_max",
                 "must not be shorter than polling.retry_after_min",
             ));
+        }
+        if !(0.0..=1.0).contains(&self.polling.jitter) {
+            return Err(invalid("polling.jitter", "must be a share from 0 to 1"));
         }
         if !(self.polling.limit_per_second.is_finite() && self.polling.limit_per_second >= 0.0) {
             return Err(invalid(

@@ -90,7 +90,10 @@ impl Polling {
         let granted_wait = prefer
             .and_then(requested_wait)
             .map(|seconds| Duration::from_secs(seconds).min(self.config.max_wait));
-        let deadline = granted_wait.map(|wait| Instant::now() + wait);
+        // A little earlier than granted, at random: waits that began together
+        // end apart.
+        let deadline = granted_wait
+            .map(|wait| Instant::now() + wait - wait.mul_f64(self.config.jitter * fastrand::f64()));
         // Subscribed before the first read, so a transition in between still wakes us.
         let mut subscription = granted_wait
             .filter(|wait| !wait.is_zero())
@@ -118,12 +121,13 @@ impl Polling {
                     }
                 }
                 _ => {
-                    let retry_after = retry_after(
-                        &job,
-                        Timestamp::now(),
-                        self.config.retry_after_min,
-                        self.config.retry_after_max,
-                    );
+                    let (min, max) = (self.config.retry_after_min, self.config.retry_after_max);
+                    let retry_after =
+                        retry_after(&job, Timestamp::now(), min, max).map(|seconds| {
+                            spread(seconds, min, max, self.config.jitter, |range| {
+                                fastrand::u32(range)
+                            })
+                        });
                     return Ok(Some(Answer {
                         job,
                         etag,
@@ -234,6 +238,27 @@ pub(crate) fn retry_after(job: &Job, now: Timestamp, min: Duration, max: Duratio
     Some(u32::try_from(seconds).unwrap_or(u32::MAX))
 }
 
+/// `seconds` moved at random (`pick` draws from the range it is given) over up
+/// to `jitter` of itself, and at least a second when `jitter` is on: upwards,
+/// within `[min, max]`, or downwards where `max` leaves no room.
+pub(crate) fn spread(
+    seconds: u32,
+    min: Duration,
+    max: Duration,
+    jitter: f64,
+    pick: impl FnOnce(std::ops::RangeInclusive<u32>) -> u32,
+) -> u32 {
+    if jitter <= 0.0 {
+        return seconds;
+    }
+    let whole = |bound: Duration| u32::try_from(bound.as_secs()).unwrap_or(u32::MAX);
+    // At most `u32::MAX`, as `seconds` is.
+    let width = ((f64::from(seconds) * jitter).ceil() as u32).max(1);
+    let high = seconds.saturating_add(width).min(whole(max)).max(seconds);
+    let low = high.saturating_sub(width).max(whole(min)).min(seconds);
+    pick(low..=high)
+}
+
 /// `no-store` while the job may change; `private, no-cache` once it cannot.
 pub(crate) const fn cache_control(status: Status) -> &'static str {
     match status {
@@ -302,6 +327,26 @@ mod tests {
             ..pending(now)
         };
         assert_eq!(retry_after(&done, now, min, max), None);
+    }
+
+    #[test]
+    fn retry_after_is_spread_within_its_bounds() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(10));
+        let range = |seconds, jitter| {
+            spread(seconds, min, max, jitter, |range| {
+                // Both ends, packed: the range itself is what is checked.
+                range.start() * 100 + range.end()
+            })
+        };
+        assert_eq!(range(1, 0.2), 102, "at least a second of spread");
+        assert_eq!(range(4, 0.5), 406);
+        assert_eq!(range(9, 0.2), 810, "no higher than max: the window moves down");
+        assert_eq!(range(10, 0.2), 810, "downwards at max");
+        assert_eq!(range(10, 0.0), 10, "off");
+        for _ in 0..1000 {
+            let seconds = spread(1, min, max, 0.2, fastrand::u32);
+            assert!((1..=2).contains(&seconds), "{seconds}");
+        }
     }
 
     #[test]

@@ -61,7 +61,12 @@ impl Api<RequestContext> for JobsApi {
                     )
                     .await
                     .map_err(RequestError::Store)
-                    .and_then(|answer| answer.ok_or(RequestError::JobNotFound)),
+                    .and_then(|answer| answer.ok_or(RequestError::JobNotFound))
+                    .inspect(|answer| {
+                        if answer.not_modified {
+                            self.limiter.give_back(client_id, async_job_id);
+                        }
+                    }),
             },
             // Unreachable through `App`, which authenticates before routing.
             None => Err(RequestError::Unauthenticated(AuthError::MissingToken)),

@@ -1,20 +1,21 @@
 //! Over-polling protection: a token bucket per (client, job), in memory, bounded.
 //!
 //! Each pair may poll `burst` times at once, then `per_second` times a second.
-//! The buckets live in one map of at most `entries` pairs: when it is full, the
-//! buckets that have refilled (idle pairs) go first, then the least recently used.
+//! The buckets live in one [`Bounded`] map of at most `entries` pairs, so a full
+//! map evicts in O(1), and a pair polled once goes before the pairs polled
+//! again and again (an evicted bucket starts full, as an idle one would be).
 //! Pairs are keyed by a fast hash with a per-process random seed (foldhash), so
 //! the map holds no client ids and its layout cannot be predicted from outside.
+//! A poll answered 304 is given back ([`RateLimiter::give_back`]): a client that
+//! polls with `If-None-Match` costs almost nothing and is never punished for it.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use foldhash::fast::RandomState;
 use uuid::Uuid;
 
+use crate::bounded::Bounded;
 use crate::config::PollingConfig;
 
 /// Limits how often one client polls one job.
@@ -22,9 +23,8 @@ use crate::config::PollingConfig;
 pub(crate) struct RateLimiter {
     per_second: f64,
     burst: f64,
-    entries: usize,
     keys: RandomState,
-    buckets: Mutex<HashMap<u64, Bucket, RandomState>>,
+    buckets: Bounded<u64, Bucket>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -34,8 +34,19 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn refilled(self, now: Instant, per_second: f64, burst: f64) -> f64 {
-        (self.tokens + now.duration_since(self.updated).as_secs_f64() * per_second).min(burst)
+    /// Refills it up to `now`, then adds `change` (within 0 and `burst`) if the
+    /// result stays at or above 0; says whether it did.
+    fn take(&mut self, now: Instant, per_second: f64, burst: f64, change: f64) -> Result<(), f64> {
+        let tokens = (self.tokens
+            + now.saturating_duration_since(self.updated).as_secs_f64() * per_second)
+            .min(burst);
+        self.updated = now;
+        self.tokens = tokens;
+        if tokens + change < 0.0 {
+            return Err(tokens);
+        }
+        self.tokens = (tokens + change).min(burst);
+        Ok(())
     }
 }
 
@@ -45,49 +56,40 @@ impl RateLimiter {
         Self {
             per_second: config.limit_per_second,
             burst: f64::from(config.limit_burst),
-            entries: config.limit_entries,
             keys: RandomState::default(),
-            buckets: Mutex::new(HashMap::default()),
+            buckets: Bounded::new(config.limit_entries),
         }
     }
 
     /// Takes one poll of `job` by `client_id`, or says how long to wait for one.
     pub(crate) fn check(&self, client_id: &str, job: Uuid) -> Result<(), Duration> {
+        match self.change(client_id, job, -1.0) {
+            Err(tokens) => Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second)),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Gives back the poll [`RateLimiter::check`] took: it was answered 304.
+    pub(crate) fn give_back(&self, client_id: &str, job: Uuid) {
+        let _ = self.change(client_id, job, 1.0);
+    }
+
+    fn change(&self, client_id: &str, job: Uuid, change: f64) -> Result<(), f64> {
         if self.per_second == 0.0 {
             return Ok(());
         }
         let now = Instant::now();
-        let key = self.keys.hash_one((client_id, job));
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= self.entries && !buckets.contains_key(&key) {
-            self.make_room(&mut buckets, now);
-        }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let tokens = bucket.refilled(now, self.per_second, self.burst);
-        *bucket = Bucket {
-            tokens: if tokens >= 1.0 { tokens - 1.0 } else { tokens },
+        let (per_second, burst) = (self.per_second, self.burst);
+        let fresh = || Bucket {
+            tokens: burst,
             updated: now,
         };
-        if tokens >= 1.0 {
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
-        }
-    }
-
-    fn make_room(&self, buckets: &mut HashMap<u64, Bucket, RandomState>, now: Instant) {
-        buckets.retain(|_, bucket| bucket.refilled(now, self.per_second, self.burst) < self.burst);
-        if buckets.len() >= self.entries
-            && let Some(oldest) = buckets
-                .iter()
-                .min_by_key(|(_, bucket)| bucket.updated)
-                .map(|(key, _)| *key)
-        {
-            buckets.remove(&oldest);
-        }
+        self.buckets
+            .update(self.keys.hash_one((client_id, job)), fresh, |bucket| {
+                bucket.take(now, per_second, burst, change)
+            })
+            // A map of no entries limits nothing.
+            .unwrap_or(Ok(()))
     }
 }
 
@@ -129,7 +131,27 @@ mod tests {
         for _ in 0..100 {
             let _ = limiter.check("mis-1", Uuid::new_v4());
         }
-        assert!(limiter.buckets.lock().map(|b| b.len()).unwrap_or(0) <= 4);
+        assert!(limiter.buckets.len() <= 8, "{}", limiter.buckets.len());
+    }
+
+    #[test]
+    fn a_poll_given_back_is_not_counted() {
+        let limiter = limiter(1.0, 2, 10);
+        let job = Uuid::new_v4();
+        for _ in 0..100 {
+            assert_eq!(limiter.check("mis-1", job), Ok(()));
+            limiter.give_back("mis-1", job);
+        }
+        assert_eq!(limiter.check("mis-1", job), Ok(()));
+        assert_eq!(limiter.check("mis-1", job), Ok(()));
+        assert!(limiter.check("mis-1", job).is_err(), "the burst is spent");
+        // Giving back never raises a bucket over its burst.
+        for _ in 0..10 {
+            limiter.give_back("mis-1", job);
+        }
+        assert_eq!(limiter.check("mis-1", job), Ok(()));
+        assert_eq!(limiter.check("mis-1", job), Ok(()));
+        assert!(limiter.check("mis-1", job).is_err());
     }
 
     #[test]

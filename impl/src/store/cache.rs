@@ -1,4 +1,4 @@
-//! The read cache of the polling path: each job as last read, for a moment.
+//! The read cache of the polling path: each job as last read.
 //!
 //! Clients poll the same PENDING job every few seconds, and many instances of
 //! many clients poll at once, so most reads repeat the last one. The cache answers
@@ -10,136 +10,167 @@
 //! - PostgreSQL: each `NOTIFY` forgets its job; while the listener is down the
 //!   cache is off, and it starts empty of PENDING jobs when the listener is back.
 //!
-//! So a poll may lag a transition by the time the change takes to be seen (a
-//! SQLite watcher tick, a NOTIFY), and never by more than `max_age`, whatever
-//! happens. The cache serves only while a change feed runs (`live`), so the CLI
-//! and a store without one always read the database. Only found jobs are kept:
-//! unknown ids always reach the database, so nobody can fill the cache with them.
-//! A read that raced an invalidation is not kept (the generation counter).
+//! An entry is as fresh as the later of its read and the feed's last
+//! confirmation ([`JobCache::confirm`]): the moment up to which every change is
+//! known to have been heard (a SQLite watcher tick that saw nothing new, a
+//! PostgreSQL heartbeat `NOTIFY` that came back through the listener behind
+//! every notification before it). So an entry lives as long as the feed keeps
+//! confirming, and a poll never lags a transition by more than `max_age`,
+//! whatever happens: a feed that stops confirming lets its entries age out.
+//!
+//! The cache serves only while a change feed runs (`live`), so the CLI and a
+//! store without one always read the database. Only found jobs are kept, and a
+//! job is served only to its owner: an unknown id and another client's job
+//! both go to the database, by the same path and in the same time, so neither
+//! the cache's memory nor its timing tells anyone which ids exist. A read that
+//! raced an invalidation is not kept (the generation counter).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use foldhash::fast::RandomState;
 use uuid::Uuid;
 
+use crate::bounded::Bounded;
 use crate::jobs::{self, Job, State, Timestamp};
 
-/// Jobs as last read, each for at most `max_age`.
+/// Jobs as last read, each served while no fresher than `max_age` allows.
 #[derive(Debug)]
 pub struct JobCache {
-    capacity: usize,
+    entries: Bounded<Uuid, Entry>,
     max_age: Duration,
     ttl: Duration,
     live: AtomicBool,
     generation: AtomicU64,
-    entries: Mutex<HashMap<Uuid, Entry, RandomState>>,
+    /// Held by writers only, so that an invalidation and the check of a
+    /// read's generation never interleave; lookups never take it.
+    writers: Mutex<()>,
+    /// Every instant below is kept as nanoseconds since this one.
+    epoch: Instant,
+    /// The latest confirmation of the feed (nanoseconds since `epoch`).
+    confirmed: AtomicU64,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     job: Arc<Job>,
-    read_at: Instant,
+    /// When the read that found it began (nanoseconds since the epoch).
+    read_at: u64,
+}
+
+/// What a read must hand back to [`JobCache::insert`]: when it began, and what
+/// had been invalidated by then.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    generation: u64,
+    at: u64,
 }
 
 impl JobCache {
-    /// A cache of at most `capacity` jobs kept for `max_age`, hiding those that
-    /// finished more than `ttl` ago; `capacity` 0 turns it off.
+    /// A cache of at most `capacity` jobs, none served staler than `max_age`,
+    /// hiding those that finished more than `ttl` ago; `capacity` 0 turns it off.
     pub fn new(capacity: usize, max_age: Duration, ttl: Duration) -> Self {
         Self {
-            capacity,
+            entries: Bounded::new(capacity),
             max_age,
             ttl,
             live: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            entries: Mutex::new(HashMap::default()),
+            writers: Mutex::new(()),
+            epoch: Instant::now(),
+            confirmed: AtomicU64::new(0),
         }
     }
 
-    fn entries(&self) -> MutexGuard<'_, HashMap<Uuid, Entry, RandomState>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The most any answer may lag a transition.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
     }
 
-    /// The answer for `id` asked by `client_id` at `now`, if the cache knows it:
-    /// `Some(None)` when the job is another client's or has expired, exactly as
-    /// the database would answer.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The answer for `id` asked by `client_id` at `now`, if the cache may give
+    /// it: `Some(None)` when the owner's job has expired, exactly as the
+    /// database would answer. Another client's job is `None`, as an unknown id.
     pub fn get(&self, id: Uuid, client_id: &str, now: Timestamp) -> Option<Option<Job>> {
-        if self.capacity == 0 || !self.live.load(Ordering::Acquire) {
+        if !self.live.load(Ordering::Acquire) {
             return None;
         }
-        let job = {
-            let entries = self.entries();
-            let entry = entries.get(&id)?;
-            if entry.read_at.elapsed() > self.max_age {
-                return None;
-            }
-            Arc::clone(&entry.job)
-        };
-        let expired = match job.state {
+        let oldest = self
+            .nanos(Instant::now())
+            .saturating_sub(u64::try_from(self.max_age.as_nanos()).unwrap_or(u64::MAX));
+        let confirmed = self.confirmed.load(Ordering::Acquire);
+        let entry = self
+            .entries
+            .get(&id, |entry| entry.read_at.max(confirmed) >= oldest)
+            .filter(|entry| entry.job.client_id == client_id)?;
+        let expired = match entry.job.state {
             State::Pending { .. } => false,
             State::Done { finished_at, .. } | State::Failed { finished_at, .. } => {
                 finished_at <= jobs::expiry_cutoff(now, self.ttl)
             }
         };
-        Some((job.client_id == client_id && !expired).then(|| Job::clone(&job)))
+        Some((!expired).then(|| Job::clone(&entry.job)))
     }
 
-    /// The generation to hand back to [`JobCache::insert`] after reading.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// To be taken before reading the database and handed to [`JobCache::insert`].
+    pub fn ticket(&self) -> Ticket {
+        Ticket {
+            generation: self.generation.load(Ordering::Acquire),
+            at: self.nanos(Instant::now()),
+        }
     }
 
-    /// Keeps `job`, read when the generation was `generation`, unless something
-    /// was invalidated since.
-    pub fn insert(&self, job: &Job, generation: u64) {
-        if self.capacity == 0 || !self.live.load(Ordering::Acquire) {
+    /// Keeps `job`, read under `ticket`, unless something was invalidated since.
+    pub fn insert(&self, job: &Job, ticket: Ticket) {
+        if !self.live.load(Ordering::Acquire) {
             return;
         }
-        let mut entries = self.entries();
-        if self.generation() != generation {
+        let _writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.generation.load(Ordering::Acquire) != ticket.generation {
             return;
         }
-        if entries.len() >= self.capacity && !entries.contains_key(&job.id) {
-            let max_age = self.max_age;
-            entries.retain(|_, entry| entry.read_at.elapsed() <= max_age);
-            if entries.len() >= self.capacity
-                && let Some(any) = entries.keys().next().copied()
-            {
-                entries.remove(&any);
-            }
-        }
-        entries.insert(
+        self.entries.insert(
             job.id,
             Entry {
                 job: Arc::new(job.clone()),
-                read_at: Instant::now(),
+                read_at: ticket.at,
             },
         );
     }
 
+    /// Every change made before `at` has been heard: entries are as fresh as
+    /// that, whenever they were read.
+    pub fn confirm(&self, at: Instant) {
+        self.confirmed.fetch_max(self.nanos(at), Ordering::AcqRel);
+    }
+
     /// Forgets `id`: it has just changed.
     pub fn forget(&self, id: Uuid) {
-        let mut entries = self.entries();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        entries.remove(&id);
+        self.invalidate(|| self.entries.remove(&id));
     }
 
     /// Forgets every PENDING job: any of them may have changed.
     pub fn forget_pending(&self) {
-        let mut entries = self.entries();
+        self.invalidate(|| {
+            self.entries
+                .retain(|_, entry| !matches!(entry.job.state, State::Pending { .. }));
+        });
+    }
+
+    fn invalidate(&self, forget: impl FnOnce()) {
+        let _writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
-        entries.retain(|_, entry| !matches!(entry.job.state, State::Pending { .. }));
+        forget();
     }
 
     /// Whether a change feed runs; the cache serves only while one does, and
     /// forgets everything when it stops.
     pub fn set_live(&self, live: bool) {
         if !live {
-            let mut entries = self.entries();
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            entries.clear();
+            self.invalidate(|| self.entries.clear());
         }
         self.live.store(live, Ordering::Release);
     }
@@ -174,15 +205,15 @@ mod tests {
         let cache = live_cache();
         let now = Timestamp::from_millis(1_000_000);
         let pending = job("mis-1", State::Pending { eta: now });
-        cache.insert(&pending, cache.generation());
+        cache.insert(&pending, cache.ticket());
         assert_eq!(
             cache.get(pending.id, "mis-1", now),
             Some(Some(pending.clone()))
         );
         assert_eq!(
             cache.get(pending.id, "mis-2", now),
-            Some(None),
-            "another client's"
+            None,
+            "another client's: ask the database, as for an unknown id"
         );
         assert_eq!(
             cache.get(Uuid::from_u128(2), "mis-1", now),
@@ -198,7 +229,7 @@ mod tests {
             },
         );
         cache.forget(done.id);
-        cache.insert(&done, cache.generation());
+        cache.insert(&done, cache.ticket());
         assert_eq!(
             cache.get(done.id, "mis-1", now.plus(TTL)),
             Some(None),
@@ -210,9 +241,9 @@ mod tests {
     fn a_read_that_raced_an_invalidation_is_not_kept() {
         let cache = live_cache();
         let now = Timestamp::from_millis(0);
-        let generation = cache.generation();
+        let ticket = cache.ticket();
         cache.forget_pending();
-        cache.insert(&job("mis-1", State::Pending { eta: now }), generation);
+        cache.insert(&job("mis-1", State::Pending { eta: now }), ticket);
         assert_eq!(cache.get(Uuid::from_u128(1), "mis-1", now), None);
     }
 
@@ -221,12 +252,41 @@ mod tests {
         let cache = JobCache::new(10, Duration::from_millis(30), TTL);
         let now = Timestamp::from_millis(0);
         let pending = job("mis-1", State::Pending { eta: now });
-        cache.insert(&pending, cache.generation());
+        cache.insert(&pending, cache.ticket());
         assert_eq!(cache.get(pending.id, "mis-1", now), None, "not live");
         cache.set_live(true);
-        cache.insert(&pending, cache.generation());
+        cache.insert(&pending, cache.ticket());
         assert!(cache.get(pending.id, "mis-1", now).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get(pending.id, "mis-1", now), None, "too old");
+    }
+
+    #[test]
+    fn entries_live_as_long_as_the_feed_confirms() {
+        let cache = JobCache::new(10, Duration::from_millis(30), TTL);
+        cache.set_live(true);
+        let now = Timestamp::from_millis(0);
+        let pending = job("mis-1", State::Pending { eta: now });
+        cache.insert(&pending, cache.ticket());
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(20));
+            cache.confirm(Instant::now());
+            assert!(
+                cache.get(pending.id, "mis-1", now).is_some(),
+                "confirmed within max_age"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            cache.get(pending.id, "mis-1", now),
+            None,
+            "no confirmation for longer than max_age"
+        );
+        // A confirmation older than the entry's read changes nothing.
+        let before = Instant::now();
+        cache.insert(&pending, cache.ticket());
+        cache.confirm(before);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(cache.get(pending.id, "mis-1", now), None);
     }
 }

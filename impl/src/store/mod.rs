@@ -272,10 +272,10 @@ impl Store {
         now: Timestamp,
     ) -> Result<Option<Job>, StoreError> {
         let cache = self.changes().cache();
-        let generation = cache.generation();
+        let ticket = cache.ticket();
         let found = dispatch!(self, store => store.find_for_client(id, client_id, now))?;
         if let Some(job) = &found {
-            cache.insert(job, generation);
+            cache.insert(job, ticket);
         }
         Ok(found)
     }

@@ -13,7 +13,7 @@
 //! [`crate::jobs::decide`], so concurrent producers on different machines leave
 //! exactly one winner.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{
@@ -217,8 +217,8 @@ impl PostgresStore {
     /// The feed is always either working or known to be down: each step of
     /// connecting is bounded (`postgres.connect_timeout` for the socket, TLS and
     /// the start-up, `postgres.query_timeout` for `LISTEN`), and a heartbeat
-    /// on the connection every half of `postgres.listener_timeout` must answer
-    /// within the other half. While it is down the read cache is off and every
+    /// on the connection, at least every half of `postgres.listener_timeout`,
+    /// must answer within the other half. While it is down the read cache is off and every
     /// waiter looks for itself, since notifications are lost; each loss and
     /// recovery is logged and counted.
     pub async fn watch_changes(self, mut shutdown: watch::Receiver<bool>) {
@@ -255,6 +255,15 @@ impl PostgresStore {
     }
 
     /// One listening connection, until it fails or goes silent (never `Ok`).
+    ///
+    /// Besides the jobs' channel it listens on a channel of its own, and the
+    /// heartbeat is a `NOTIFY` on that channel: PostgreSQL delivers
+    /// notifications in commit order, so when the heartbeat comes back every
+    /// transition committed before it was sent has been heard, and the read
+    /// cache is confirmed up to that moment ([`JobCache::confirm`]). The beat is
+    /// frequent enough (half of `jobs.read_cache_max_age`) for cached entries to
+    /// stay servable while the feed works, and its answer is awaited for half
+    /// of `postgres.listener_timeout`.
     async fn listen(&self, down_since: &mut Option<Instant>) -> ListenerError {
         let silent = |step, within| ListenerError::Silent { step, within };
         let connected =
@@ -265,13 +274,22 @@ impl PostgresStore {
             Err(_) => return silent("connecting", self.connect_timeout),
         };
         let changes = &self.changes;
+        let beat_channel = format!("compositions_jobs_beat_{:032x}", Uuid::new_v4().as_u128());
+        // The latest heartbeat sent: its number and when.
+        let sent = std::sync::Mutex::new((0_u64, Instant::now()));
+        let sent = &sent;
         // The connection yields the notifications and the answers to the
         // heartbeat; it is polled all the while.
-        let deliver = async move {
+        let deliver = async {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
-                        if let Ok(id) = notification.payload().parse() {
+                        if notification.channel() == beat_channel {
+                            let (number, at) = *sent.lock().unwrap_or_else(PoisonError::into_inner);
+                            if notification.payload() == number.to_string() {
+                                changes.cache().confirm(at);
+                            }
+                        } else if let Ok(id) = notification.payload().parse() {
                             changes.finished(id);
                         }
                     }
@@ -282,7 +300,11 @@ impl PostgresStore {
             }
         };
         let subscribe = async {
-            let listen = client.batch_execute(concat!("LISTEN ", notify_channel!()));
+            let statement = format!(
+                concat!("LISTEN ", notify_channel!(), "; LISTEN {}"),
+                beat_channel
+            );
+            let listen = client.batch_execute(&statement);
             match tokio::time::timeout(self.query_timeout, listen).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return e.into(),
@@ -295,14 +317,22 @@ impl PostgresStore {
                 tracing::info!(down_for = ?down_for, "the NOTIFY listener is back");
             }
             let half = self.listener_timeout / 2;
-            loop {
-                tokio::time::sleep(half).await;
-                match tokio::time::timeout(half, client.simple_query("SELECT 1")).await {
+            let beat = match changes.cache().max_age() / 2 {
+                Duration::ZERO => half,
+                quarter => quarter.min(half),
+            };
+            for number in 1_u64.. {
+                tokio::time::sleep(beat).await;
+                *sent.lock().unwrap_or_else(PoisonError::into_inner) = (number, Instant::now());
+                let statement = format!("SELECT pg_notify('{beat_channel}', '{number}')");
+                let heartbeat = client.simple_query(&statement);
+                match tokio::time::timeout(half, heartbeat).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return e.into(),
                     Err(_) => return silent("the heartbeat", half),
                 }
             }
+            ListenerError::Closed
         };
         tokio::select! {
             ended = deliver => ended,

@@ -111,8 +111,13 @@ impl SqliteStore {
                     return;
                 }
             }
+            let looked_at = std::time::Instant::now();
             let looked = self.wake_finished(&mut seen);
             let changes = &self.inner.changes;
+            if looked.is_ok() {
+                // Every commit before the look has been seen (and forgotten).
+                changes.cache().confirm(looked_at);
+            }
             if looked.is_ok() != changes.feed().is_up() {
                 changes.set_feed(looked.is_ok());
             }
