@@ -45,10 +45,14 @@ fmt-check:
 	$(CARGO) fmt $(OURS) --check
 	$(CARGO) fmt $(FUZZ) --check
 
+# The crate's docs are for whoever changes it: private items included, and
+# public docs may link to them.
 lint: $(CARGO_DENY)
 	$(CARGO) clippy $(OURS) --all-targets -- -D warnings
 	$(CARGO) clippy $(FUZZ) --all-targets --locked -- -D warnings
 	scripts/check-msrv.py
+	scripts/check-layers.py
+	RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" $(CARGO) doc --no-deps -p compositions-jobs --document-private-items
 	$(CARGO_DENY) --locked check licenses bans sources
 
 unit:

@@ -13,6 +13,7 @@ from pathlib import Path
 LAYERS = [
     # Leaves: no module of the crate below them.
     "chain",
+    "logging",
     "responses",
     "bounded",
     "tls",

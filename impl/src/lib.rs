@@ -42,6 +42,7 @@ mod chain;
 pub mod config;
 mod http;
 pub mod jobs;
+mod logging;
 mod metrics;
 mod polling;
 mod responses;
@@ -54,6 +55,7 @@ pub use auth::{
 };
 pub use chain::ErrorChain;
 pub use http::{Limits, SPEC};
+pub use logging::JsonLines;
 pub use store::{Access, JobStore, Store, StoreError, purge};
 
 use std::net::SocketAddr;

@@ -200,20 +200,25 @@ async fn main() -> ExitCode {
 
 /// JSON lines when serving in production; readable text otherwise. Lines are
 /// written to stderr by a thread of their own, so that a request never waits on
-/// a write(2) (one per access log line); the queue blocks rather than drops.
+/// a write(2); that thread buffers what is queued and writes it at once when
+/// the queue is empty, so a busy service makes one write(2) for many lines, not
+/// one per access line. The queue blocks rather than drops.
 fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
-        builder.json().init();
+        builder.event_format(compositions_jobs::JsonLines).init();
     } else {
         builder.init();
     }

@@ -340,7 +340,11 @@ mod tests {
         };
         assert_eq!(range(1, 0.2), 102, "at least a second of spread");
         assert_eq!(range(4, 0.5), 406);
-        assert_eq!(range(9, 0.2), 810, "no higher than max: the window moves down");
+        assert_eq!(
+            range(9, 0.2),
+            810,
+            "no higher than max: the window moves down"
+        );
         assert_eq!(range(10, 0.2), 810, "downwards at max");
         assert_eq!(range(10, 0.0), 10, "off");
         for _ in 0..1000 {

@@ -20,6 +20,9 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// The generated router's name for the request id, which it adds to answers.
 pub(crate) const X_SPAN_ID: HeaderName = HeaderName::from_static("x-span-id");
 
+/// W3C Trace Context: the caller's trace, whose id goes into the access log.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The longest caller-supplied request id that is reused.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -32,6 +35,8 @@ pub(crate) struct RequestMeta {
     pub request_id: XSpanIdString,
     /// When the request arrived, for the access log.
     pub started: Instant,
+    /// The trace id of a well-formed `traceparent`, for the access log.
+    trace_id: Option<TraceId>,
     /// Who called, once authenticated: read by the router's scope check, the API
     /// implementation and the access log, all through this one handle.
     caller: OnceLock<Arc<Caller>>,
@@ -80,12 +85,22 @@ impl RequestMeta {
                     .to_owned(),
             ),
         };
+        let trace_id = headers
+            .get(&TRACEPARENT)
+            .and_then(|value| TraceId::of(value.as_bytes()));
         Self {
             url,
             request_id,
             started: Instant::now(),
+            trace_id,
             caller: OnceLock::new(),
         }
+    }
+
+    /// The caller's trace id (32 lowercase hex digits), if it sent a
+    /// well-formed `traceparent`.
+    pub(crate) fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_ref().map(TraceId::as_str)
     }
 
     /// Records the authenticated caller (the first one set stays).
@@ -103,6 +118,52 @@ impl RequestMeta {
     pub(crate) fn request_id_header(&self) -> HeaderValue {
         // Generated ids are UUIDs and reused ones passed `is_sane_request_id`.
         HeaderValue::from_str(&self.request_id.0).unwrap_or(HeaderValue::from_static("invalid"))
+    }
+}
+
+/// The trace id of a `traceparent` header (W3C Trace Context §3.2), kept as
+/// its 32 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TraceId([u8; 32]);
+
+impl TraceId {
+    /// The trace id of `value`, if it is a well-formed `traceparent`:
+    /// `version-trace_id-parent_id-flags`, lowercase hex of 2, 32, 16 and 2
+    /// digits, the version not `ff`, neither id all zeros; a version other than
+    /// `00` may carry more after a further `-`. Anything else is ignored, as
+    /// the spec asks: a malformed header starts no trace, and is no error.
+    fn of(value: &[u8]) -> Option<Self> {
+        let hex = |part: &[u8]| {
+            part.iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+        };
+        let nonzero = |part: &[u8]| part.iter().any(|b| *b != b'0');
+        let (head, rest) = value.split_at_checked(55)?;
+        let [version @ .., b'-'] = head.get(..3)? else {
+            return None;
+        };
+        let ok = hex(version)
+            && version != b"ff"
+            && match (version, rest) {
+                (b"00", []) => true,
+                (b"00", _) => false,
+                (_, rest) => rest.is_empty() || rest.first() == Some(&b'-'),
+            }
+            && head[35] == b'-'
+            && head[52] == b'-'
+            && hex(&head[3..35])
+            && nonzero(&head[3..35])
+            && hex(&head[36..52])
+            && nonzero(&head[36..52])
+            && hex(&head[53..55]);
+        let mut id = [0; 32];
+        id.copy_from_slice(&head[3..35]);
+        ok.then_some(Self(id))
+    }
+
+    fn as_str(&self) -> &str {
+        // Checked to be ASCII hex digits when made.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -228,7 +289,37 @@ impl Has<Option<Authorization>> for RequestContext {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_host;
+    use super::{TraceId, is_valid_host};
+
+    #[test]
+    fn a_trace_id_is_read_from_a_well_formed_traceparent_only() {
+        let id = |value: &str| TraceId::of(value.as_bytes()).map(|id| id.as_str().to_owned());
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(
+            id(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(),
+            Some(trace)
+        );
+        assert_eq!(
+            id(&format!("01-{trace}-00f067aa0ba902b7-00-later")).as_deref(),
+            Some(trace),
+            "a later version may say more"
+        );
+        for bad in [
+            String::new(),
+            "garbage".into(),
+            format!("00-{trace}-00f067aa0ba902b7-01-more"),
+            format!("ff-{trace}-00f067aa0ba902b7-01"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{trace}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+            format!("00-{trace}-00f067aa0ba902b7-1"),
+            format!("00_{trace}_00f067aa0ba902b7_01"),
+            format!("01-{trace}-00f067aa0ba902b7-01x"),
+            format!("00-{}-00f067aa0ba902b7-01", trace.replace('4', "g")),
+        ] {
+            assert_eq!(id(&bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_host_is_an_authority_without_userinfo() {

@@ -21,8 +21,9 @@
 //!    content type tells the two apart.
 //!
 //! Every response leaves with `x-request-id`, and every request is logged once
-//! (target `access`): request id, method, operation, status, latency and client
-//! id. Never a credential: the token stays in the request.
+//! (target `access`): request id, method, operation, status, latency, client
+//! id, and the trace id of the caller's W3C `traceparent` (a malformed one is
+//! ignored). Never a credential: the token stays in the request.
 
 mod api;
 mod conn;
@@ -361,6 +362,7 @@ fn finish(
         status = response.status().as_u16(),
         latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         client_id = client_id.unwrap_or("-"),
+        trace_id = meta.trace_id().unwrap_or("-"),
     );
     response
 }

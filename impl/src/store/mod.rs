@@ -7,7 +7,7 @@
 //! the database URL; it is an enum rather than a trait object so that the hot read
 //! path is a direct call without boxing.
 
-/// `SELECT` of every column a `Row` holds, in [`column`]'s order, `WHERE` the
+/// `SELECT` of every column a `Row` holds, in [`column`](mod@column)'s order, `WHERE` the
 /// conditions given: one query shape for every backend (their placeholders are
 /// theirs). A macro, so that each query is a `&'static str` both the SQLite and
 /// the PostgreSQL statement caches can key by.
