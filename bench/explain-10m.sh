@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The query plans of the read path and of a purge batch on 10 million jobs, for the
-# README's "Scale on paper". Uses a scratch schema of DATABASE_URL and drops it.
+# figures in docs/scaling.md. Uses a scratch schema of DATABASE_URL and drops it.
 #   bench/explain-10m.sh [postgres://postgres@127.0.0.1:5432/test]
 set -euo pipefail
 url=${1:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}

@@ -157,7 +157,7 @@ pub struct PollingConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Connections per instance; see the README for sizing against `max_connections`.
+    /// Connections per instance; see docs/scaling.md for sizing against `max_connections`.
     pub pool_size: usize,
     /// How long a request waits for a free connection.
     #[serde(with = "humantime_serde")]

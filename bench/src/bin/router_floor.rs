@@ -1,7 +1,7 @@
 //! The generated router's floor: the router made from the spec, serving one
 //! constant PENDING answer, with no authentication, no store and no layers around
 //! it. It is a measuring point, not a service: `make bench` reports it beside the
-//! baseline so that the README can say how much of the service's cost the
+//! baseline so that bench/README.md can say how much of the service's cost the
 //! generated code takes before any of ours runs. Prints `address=<ip:port>`.
 
 use std::collections::BTreeSet;

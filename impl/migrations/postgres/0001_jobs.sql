@@ -1,4 +1,4 @@
--- The jobs table: the integration contract for every producer (see the README).
+-- The jobs table: the integration contract for every producer (see ../README.md).
 -- The CHECKs keep every row in a legal lifecycle state, whoever writes it.
 CREATE TABLE jobs (
     id            uuid        NOT NULL PRIMARY KEY,
