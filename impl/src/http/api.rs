@@ -18,9 +18,9 @@ use super::mapping;
 use crate::auth::AuthError;
 use crate::polling::Polling;
 
-/// The operation this implementation answers, as the spec (and so the access
-/// log and the metrics) names it.
-pub(super) const OPERATION_ID: &str = crate::responses::get_async_job_status::OPERATION_ID;
+/// The operation this handler answers, as the spec (and so the access log and
+/// the metrics, through [`super::context::RequestMeta::set_operation`]) names it.
+const OPERATION_ID: &str = crate::responses::get_async_job_status::OPERATION_ID;
 
 /// The service's answer to the generated API.
 #[derive(Clone, Debug)]
@@ -48,6 +48,7 @@ impl Api<RequestContext> for JobsApi {
         prefer: Option<String>,
         context: &RequestContext,
     ) -> Result<GetAsyncJobStatusResponse, ApiError> {
+        context.meta().set_operation(OPERATION_ID);
         let result = match context.client_id() {
             Some(client_id) => match self.limiter.check(client_id, async_job_id) {
                 Err(retry_after) => Err(RequestError::TooManyRequests { retry_after }),

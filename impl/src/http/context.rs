@@ -37,6 +37,9 @@ pub(crate) struct RequestMeta {
     pub started: Instant,
     /// The trace id of a well-formed `traceparent`, for the access log.
     trace_id: Option<TraceId>,
+    /// The operation whose handler answered, as the spec names it: the label of
+    /// the metrics and the access log.
+    operation: OnceLock<&'static str>,
     /// Who called, once authenticated: read by the router's scope check, the API
     /// implementation and the access log, all through this one handle.
     caller: OnceLock<Arc<Caller>>,
@@ -93,8 +96,19 @@ impl RequestMeta {
             request_id,
             started: Instant::now(),
             trace_id,
+            operation: OnceLock::new(),
             caller: OnceLock::new(),
         }
+    }
+
+    /// Records the operation whose handler runs (the first one set stays).
+    pub(crate) fn set_operation(&self, operation: &'static str) {
+        let _ = self.operation.set(operation);
+    }
+
+    /// The operation whose handler answered, if one did.
+    pub(crate) fn operation(&self) -> Option<&'static str> {
+        self.operation.get().copied()
     }
 
     /// The caller's trace id (32 lowercase hex digits), if it sent a

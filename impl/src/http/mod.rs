@@ -224,7 +224,7 @@ impl App {
                         // Below 400 is always ours (200, 304); the router's own answers
                         // are errors. JSON comes only from the API implementation.
                         Ok(response) if response.status().as_u16() < 400 || is_json(&response) => {
-                            (response, Some(api::OPERATION_ID))
+                            (response, meta.operation())
                         }
                         Ok(response) => {
                             let operation = operation_of(&method, &uri);
