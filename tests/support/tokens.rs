@@ -162,6 +162,15 @@ pub struct FreshKey {
     x: String,
 }
 
+/// The private key stays out of test output.
+impl std::fmt::Debug for FreshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FreshKey {
     /// A new key named `kid`.
     pub fn new(kid: &str) -> Self {
