@@ -5,8 +5,6 @@
 //! Each case is aimed at a job that the token's `client_id` (`mis-1`) owns, so
 //! that a token wrongly accepted shows as a 200 rather than hiding behind a 404.
 
-#![allow(clippy::unwrap_used)]
-
 use std::io::ErrorKind;
 use std::time::Duration;
 

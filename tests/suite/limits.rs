@@ -3,8 +3,6 @@
 //! connections, the header-read timeout against slowloris and the keep-alive
 //! timeout; and the requests hyper refuses by itself, in the same envelope.
 
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
