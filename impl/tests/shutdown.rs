@@ -581,7 +581,14 @@ async fn sigterm_on_postgres_answers_everything_in_flight_and_closes_its_connect
         .answer("a poll")
         .assert_pending("a poll");
     drop(stream);
-    let serving = backends(&name).await;
+    // The listener connects from a task of its own, which may still be at it
+    // when the server says it serves: wait for it as for the baseline above.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut serving = backends(&name).await;
+    while serving < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        serving = backends(&name).await;
+    }
     assert!(
         serving >= 2,
         "{serving} connections: the listener and the pool"
