@@ -2,14 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code)]
-#[path = "../../tests/support/postgres.rs"]
-mod postgres;
 mod support;
 
 use std::path::Path;
 
-use support::{Server, cli, get, get_sending, get_until, get_with_headers, run, stdout};
+use compositions_tests::{job_path, postgres, tokens};
+use support::{Server, cli, dev_token, get, get_sending, get_until, run, stdout};
 use uuid::Uuid;
 
 #[test]
@@ -22,8 +20,8 @@ fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
         dir.path(),
         &["jobs", "create", "--client-id", "mis-1"],
     ));
-    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
-    let path = format!("/api/patients/composition/job/{id}");
+    let token = dev_token(cli(dir.path()), "mis-1");
+    let path = job_path(&id);
 
     let (status, body) = get(address, &path, &token);
     assert_eq!(
@@ -48,7 +46,7 @@ fn the_readme_walkthrough_polls_a_job_from_pending_to_done() {
     assert_eq!(body["data"]["links"][0]["href"], href.as_str());
 
     // A token for another client sees nothing.
-    let other = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-2"]));
+    let other = dev_token(cli(dir.path()), "mis-2");
     assert_eq!(get(address, &path, &other).0, 404);
 
     server.stop();
@@ -62,13 +60,10 @@ fn a_long_poll_wakes_when_another_process_finishes_the_job() {
         dir.path(),
         &["jobs", "create", "--client-id", "mis-1"],
     ));
-    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
-    let (address, path) = (
-        server.address,
-        format!("/api/patients/composition/job/{id}"),
-    );
+    let token = dev_token(cli(dir.path()), "mis-1");
+    let (address, path) = (server.address, job_path(&id));
     let waiting = std::thread::spawn(move || {
-        let response = get_sending(address, &path, &token, "Prefer: wait=20\r\n");
+        let response = get_sending(address, &path, &token, &[("Prefer", "wait=20")]);
         (response, std::time::Instant::now())
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -79,16 +74,16 @@ fn a_long_poll_wakes_when_another_process_finishes_the_job() {
         dir.path(),
         &["jobs", "complete", &id, "--href", &href],
     ));
-    let ((status, head, body), answered) = waiting.join().unwrap();
+    let (response, answered) = waiting.join().unwrap();
 
     assert_eq!(
-        (status, body["data"]["status"].as_str()),
+        (response.status, response.json()["data"]["status"].as_str()),
         (200, Some("DONE"))
     );
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("preference-applied: wait=20"),
-        "{head}"
+    assert_eq!(
+        response.header("preference-applied"),
+        Some("wait=20"),
+        "{response:?}"
     );
     let latency = answered.duration_since(finished);
     // The CLI's own start-up is part of it; the detector alone takes ~50 ms.
@@ -104,22 +99,19 @@ fn a_store_failure_is_a_500_envelope_with_the_cause_only_in_the_log() {
         dir.path(),
         &["jobs", "create", "--client-id", "mis-1"],
     ));
-    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
+    let token = dev_token(cli(dir.path()), "mis-1");
     // A real fault: the table disappears under the running service.
     let database = rusqlite::Connection::open(dir.path().join("jobs.db")).unwrap();
     database.execute_batch("DROP TABLE jobs").unwrap();
 
-    let (status, head, body) = get_with_headers(
-        server.address,
-        &format!("/api/patients/composition/job/{id}"),
-        &token,
-    );
+    let response = get_sending(server.address, &job_path(&id), &token, &[]);
+    let body = response.json();
 
-    assert_eq!(status, 500);
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json"),
-        "{head}"
+    assert_eq!(response.status, 500);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{response:?}"
     );
     assert_eq!(
         body["error"],
@@ -520,15 +512,10 @@ fn sighup_reads_the_key_file_again() {
     let file = dir.path().join("dev-jwks.json");
     let mut set: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    let rsa: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/jwks.json"))
-            .unwrap(),
-    )
-    .unwrap();
     set["keys"]
         .as_array_mut()
         .unwrap()
-        .push(rsa["keys"][0].clone());
+        .push(tokens::trusted_jwk("test-rsa"));
     std::fs::write(&file, set.to_string()).unwrap();
     server.send_signal("HUP");
     wait_for(&server, "a key set is in force", 1);
@@ -545,8 +532,8 @@ fn sighup_reads_the_key_file_again() {
         dir.path(),
         &["jobs", "create", "--client-id", "mis-1"],
     ));
-    let token = stdout(&run(dir.path(), &["dev", "token", "--client-id", "mis-1"]));
-    let path = format!("/api/patients/composition/job/{id}");
+    let token = dev_token(cli(dir.path()), "mis-1");
+    let path = job_path(&id);
     assert_eq!(get(server.address, &path, &token).0, 200);
     server.stop();
 }

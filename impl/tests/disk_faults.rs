@@ -24,7 +24,7 @@ use compositions_jobs::config::Config;
 use compositions_jobs::{Access, Store};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_JOBS, PRODUCER_PAUSE_AFTER_ERRORS, Producer, Server,
-    check_every_ack, check_over_http, cli, producer_command, run, stdout, with_file_size_limit,
+    check_every_ack, check_over_http, cli, dev_token, producer_command, with_file_size_limit,
 };
 use uuid::Uuid;
 
@@ -56,11 +56,6 @@ fn producer_for(database: &str, jobs: u64) -> Command {
         .env(PRODUCER_JOBS, jobs.to_string())
         .env(PRODUCER_PAUSE_AFTER_ERRORS, PAUSE_AFTER.to_string());
     command
-}
-
-/// A token for the producer's client.
-fn token(dir: &Path) -> String {
-    stdout(&run(dir, &["dev", "token", "--client-id", PRODUCER_CLIENT]))
 }
 
 fn running_as_root() -> bool {
@@ -251,7 +246,12 @@ async fn a_database_folder_that_does_not_exist_is_a_clear_start_error() {
     let mut producer = Producer::start(producer_for(&database, 12));
     producer.wait();
     let (ids, statuses) = settled(&producer.ledger);
-    check_over_http(server.address, &token(dir.path()), &ids, &statuses);
+    check_over_http(
+        server.address,
+        &dev_token(cli(dir.path()), PRODUCER_CLIENT),
+        &ids,
+        &statuses,
+    );
     assert_eq!(check_after_fault(&path, &[&producer.ledger]).await, 12);
     server.stop();
 }
@@ -302,7 +302,7 @@ async fn a_read_only_database_refuses_writes_clearly_and_loses_nothing() {
     std::fs::create_dir(&folder).unwrap();
     let path = folder.join("jobs.db");
     let database = sqlite_url(&path);
-    let token = token(dir.path());
+    let token = dev_token(cli(dir.path()), PRODUCER_CLIENT);
     let mut before = Producer::start(producer_for(&database, 30));
     before.wait();
     let (ids, statuses) = settled(&before.ledger);
@@ -409,13 +409,23 @@ async fn a_database_made_read_only_while_serving_fails_writes_cleanly() {
     let failed = producer.ledger.errors.len();
     // Polls are reads: the server answers every settled job as before.
     let (ids, statuses) = settled(&producer.ledger);
-    check_over_http(server.address, &token(dir.path()), &ids, &statuses);
+    check_over_http(
+        server.address,
+        &dev_token(cli(dir.path()), PRODUCER_CLIENT),
+        &ids,
+        &statuses,
+    );
 
     drop(fault);
     resume(&mut producer);
     let jobs = check_after_fault(&path, &[&producer.ledger]).await;
     let (ids, statuses) = settled(&producer.ledger);
-    check_over_http(server.address, &token(dir.path()), &ids, &statuses);
+    check_over_http(
+        server.address,
+        &dev_token(cli(dir.path()), PRODUCER_CLIENT),
+        &ids,
+        &statuses,
+    );
     let log = server.stop();
     assert!(!log.iter().any(|line| line.contains("panicked")), "{log:?}");
     eprintln!(
@@ -445,7 +455,7 @@ async fn a_file_size_limit_fails_writes_cleanly_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
     let database = sqlite_url(&path);
-    let token = token(dir.path());
+    let token = dev_token(cli(dir.path()), PRODUCER_CLIENT);
 
     // A server whose files cannot grow cannot make its database, and says so.
     let limited = with_file_size_limit(&on(dir.path(), &database), 8 * 1024);
@@ -520,7 +530,7 @@ async fn a_full_file_system_fails_writes_cleanly_and_loses_nothing() {
     let _mounted = mounted(&disk);
     let path = disk.join("jobs.db");
     let database = sqlite_url(&path);
-    let token = token(dir.path());
+    let token = dev_token(cli(dir.path()), PRODUCER_CLIENT);
     let server = Server::spawn(on(dir.path(), &database));
 
     let mut producer = Producer::start(producer_for(&database, 400));

@@ -10,10 +10,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-// Shared with the contract tests, which use more of it.
-#[allow(dead_code)]
-#[path = "../../tests/support/postgres.rs"]
-mod postgres;
 mod support;
 
 use std::path::Path;
@@ -24,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use compositions_jobs::config::Config;
 use compositions_jobs::{Access, Store};
+use compositions_tests::{job_path, postgres};
 use support::{
     Ledger, PRODUCER_CLIENT, PRODUCER_WORKERS, Producer, Server, check_every_ack, check_over_http,
-    cli, get, producer_command, run, stdout,
+    cli, dev_token, get, producer_command,
 };
 use uuid::Uuid;
 
@@ -73,7 +70,7 @@ async fn crash_and_restart(
 ) -> AfterCrash {
     let started = Instant::now();
     let server = Server::spawn(server_command());
-    let token = stdout(&run(dir, &["dev", "token", "--client-id", PRODUCER_CLIENT]));
+    let token = dev_token(cli(dir), PRODUCER_CLIENT);
     let mut command = producer_command("producer", database);
     command.env(PRODUCER_WORKERS, WORKERS.to_string());
     let mut producer = Producer::start(command);
@@ -94,8 +91,7 @@ async fn crash_and_restart(
             while !stop.load(Ordering::SeqCst) {
                 let id = *newest.lock().unwrap();
                 if let Some(id) = id {
-                    let path = format!("/api/patients/composition/job/{id}");
-                    let (status, body) = get(address, &path, &token);
+                    let (status, body) = get(address, &job_path(id), &token);
                     // Acknowledged, so committed: never unknown, never an error.
                     assert!(matches!(status, 200 | 429), "{status}: {body}");
                     polls += 1;

@@ -4,17 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-// Shared with the contract tests, which use more of it.
-#[allow(dead_code)]
-#[path = "../../tests/support/postgres.rs"]
-mod postgres;
 mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use postgres::TestSchema;
-use support::{Server, cli, get, get_sending, get_until, stdout};
+use compositions_tests::job_path;
+use compositions_tests::postgres::TestSchema;
+use support::{Server, cli, dev_token, get, get_sending, get_until, stdout};
 use uuid::Uuid;
 
 /// The binary with its dev key under `dir` and its jobs in `schema`.
@@ -22,10 +19,6 @@ fn on_postgres(dir: &Path, schema: &TestSchema) -> Command {
     let mut command = cli(dir);
     command.env("COMPOSITIONS_DATABASE", &schema.url);
     command
-}
-
-fn path(id: &str) -> String {
-    format!("/api/patients/composition/job/{id}")
 }
 
 #[tokio::test]
@@ -46,9 +39,9 @@ async fn two_instances_read_what_any_process_writes() {
     let second = Server::spawn(on_postgres(dir.path(), &schema));
 
     let id = run(&["jobs", "create", "--client-id", "mis-1"]);
-    let token = run(&["dev", "token", "--client-id", "mis-1"]);
+    let token = dev_token(on_postgres(dir.path(), &schema), "mis-1");
     for server in [&first, &second] {
-        let (status, body) = get(server.address, &path(&id), &token);
+        let (status, body) = get(server.address, &job_path(&id), &token);
         assert_eq!(
             (status, body["data"]["status"].as_str()),
             (200, Some("PENDING"))
@@ -68,7 +61,7 @@ async fn two_instances_read_what_any_process_writes() {
         .unwrap();
     // Every instance hears of it (NOTIFY) and answers with it.
     for server in [&first, &second] {
-        let (status, body) = get_until(server.address, &path(&id), &token, |_, body| {
+        let (status, body) = get_until(server.address, &job_path(&id), &token, |_, body| {
             body["data"]["status"] == "DONE"
         });
         assert_eq!(
@@ -92,7 +85,7 @@ async fn two_instances_read_what_any_process_writes() {
     );
     assert_eq!(purged, "1");
     for server in [&first, &second] {
-        let (status, _) = get_until(server.address, &path(&id), &token, |status, _| {
+        let (status, _) = get_until(server.address, &job_path(&id), &token, |status, _| {
             status == 404
         });
         assert_eq!(status, 404);
@@ -120,14 +113,14 @@ async fn one_transition_wakes_the_long_polls_of_every_instance() {
         Server::spawn(on_postgres(dir.path(), &schema)),
     ];
     let id = run(&["jobs", "create", "--client-id", "mis-1"]);
-    let token = run(&["dev", "token", "--client-id", "mis-1"]);
+    let token = dev_token(on_postgres(dir.path(), &schema), "mis-1");
 
     let waiters: Vec<_> = instances
         .iter()
         .map(|instance| {
-            let (address, path, token) = (instance.address, path(&id), token.clone());
+            let (address, path, token) = (instance.address, job_path(&id), token.clone());
             std::thread::spawn(move || {
-                let response = get_sending(address, &path, &token, "Prefer: wait=20\r\n");
+                let response = get_sending(address, &path, &token, &[("Prefer", "wait=20")]);
                 (response, std::time::Instant::now())
             })
         })
@@ -138,9 +131,9 @@ async fn one_transition_wakes_the_long_polls_of_every_instance() {
     run(&["jobs", "complete", &id, "--href", &href]);
 
     for waiter in waiters {
-        let ((status, _, body), answered) = waiter.join().unwrap();
+        let (response, answered) = waiter.join().unwrap();
         assert_eq!(
-            (status, body["data"]["status"].as_str()),
+            (response.status, response.json()["data"]["status"].as_str()),
             (200, Some("DONE"))
         );
         let latency = answered.duration_since(finished);

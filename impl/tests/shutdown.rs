@@ -13,13 +13,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-// Shared with the contract tests, which use more of it.
-#[allow(dead_code)]
-#[path = "../../tests/support/postgres.rs"]
-mod postgres;
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -27,8 +23,11 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use postgres::TestSchema;
-use support::{Server, cli, stdout};
+use compositions_tests::RawResponse;
+use compositions_tests::postgres::{self, TestSchema};
+use compositions_tests::raw::Unanswered;
+use compositions_tests::raw::blocking::{read_end, read_response};
+use support::{Server, cli, dev_token, stdout};
 
 /// Long polls waiting when the signal comes, each on its own keep-alive connection.
 const LONG_POLLS: usize = 4;
@@ -43,9 +42,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A pending job of `mis-1` and a token that may poll it.
 fn job_and_token(command: impl Fn() -> Command) -> (String, String) {
-    let run = |args: &[&str]| stdout(&command().args(args).output().unwrap());
-    let job = run(&["jobs", "create", "--client-id", "mis-1"]);
-    let token = run(&["dev", "token", "--client-id", "mis-1"]);
+    let job = stdout(
+        &command()
+            .args(["jobs", "create", "--client-id", "mis-1"])
+            .output()
+            .unwrap(),
+    );
+    let token = dev_token(command(), "mis-1");
     (job, token)
 }
 
@@ -71,38 +74,31 @@ fn connect(address: SocketAddr) -> TcpStream {
     stream
 }
 
-/// A complete response.
+/// A complete response, and when its last byte came.
 #[derive(Debug)]
 struct Answer {
-    status: u16,
-    head: String,
-    body: serde_json::Value,
+    response: RawResponse,
     at: Instant,
 }
 
 impl Answer {
     fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then_some(value.trim())
-        })
+        self.response.header(name)
     }
 
     /// The server said it closes the connection after this response.
     fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|value| value.eq_ignore_ascii_case("close"))
+        self.response.closes()
     }
 
     fn assert_pending(&self, what: &str) {
+        let body: serde_json::Value = serde_json::from_slice(&self.response.body)
+            .unwrap_or_else(|e| panic!("{what}: a body that is not JSON ({e}): {self:?}"));
         assert_eq!(
-            (self.status, self.body["data"]["status"].as_str()),
+            (self.response.status, body["data"]["status"].as_str()),
             (200, Some("PENDING")),
-            "{what}: {}{}",
-            self.head,
-            self.body
+            "{what}: {:?}",
+            self.response
         );
     }
 }
@@ -126,73 +122,15 @@ impl Reply {
     }
 }
 
-/// Reads one response exactly (head, then `content-length` bytes of JSON).
+/// Reads one response exactly (head, then `content-length` bytes).
 fn read_reply(stream: &mut TcpStream) -> Reply {
-    let mut buffer = Vec::new();
-    let mut chunk = [0_u8; 4096];
-    let ended = |buffer: &[u8], why: String| {
-        if buffer.is_empty() {
-            Reply::Nothing(why)
-        } else {
-            Reply::Cut(format!("{why} after {:?}", String::from_utf8_lossy(buffer)))
-        }
-    };
-    let head_end = loop {
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return ended(&buffer, "EOF".into()),
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            Err(e) => return ended(&buffer, format!("{:?}", e.kind())),
-        }
-    };
-    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-    let length = head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())
-            .flatten()
-    });
-    let Some(length) = length else {
-        return Reply::Cut(format!("no content-length in {head:?}"));
-    };
-    while buffer.len() < head_end + length {
-        match stream.read(&mut chunk) {
-            Ok(0) => return ended(&buffer, "EOF".into()),
-            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            Err(e) => return ended(&buffer, format!("{:?}", e.kind())),
-        }
-    }
-    let at = Instant::now();
-    let Ok(body) = serde_json::from_slice(&buffer[head_end..head_end + length]) else {
-        return Reply::Cut(format!(
-            "a body that is not JSON: {:?}",
-            String::from_utf8_lossy(&buffer)
-        ));
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_default();
-    Reply::Answer(Answer {
-        status,
-        head,
-        body,
-        at,
-    })
-}
-
-/// How the connection ended, once nothing more is expected on it: "EOF" when the
-/// server closed it cleanly.
-fn read_end(stream: &mut TcpStream) -> String {
-    let mut byte = [0_u8; 1];
-    match stream.read(&mut byte) {
-        Ok(0) => "EOF".into(),
-        Ok(_) => "more bytes".into(),
-        Err(e) => format!("{:?}", e.kind()),
+    match read_response(stream) {
+        Ok(response) => Reply::Answer(Answer {
+            response,
+            at: Instant::now(),
+        }),
+        Err(Unanswered::Nothing(why)) => Reply::Nothing(why),
+        Err(Unanswered::Cut(why)) => Reply::Cut(why),
     }
 }
 
@@ -330,7 +268,11 @@ fn drain(server: &mut Server, signal: &str, job: &str, token: &str) -> Drained {
     for stream in &mut mid_request {
         let answer = read_reply(stream).answer("a request in flight");
         answer.assert_pending("a request in flight");
-        assert!(answer.closes(), "no `connection: close`: {}", answer.head);
+        assert!(
+            answer.closes(),
+            "no `connection: close`: {:?}",
+            answer.response
+        );
         assert_eq!(read_end(stream), "EOF");
     }
     let last_answered = Instant::now();
@@ -639,7 +581,14 @@ async fn sigterm_on_postgres_answers_everything_in_flight_and_closes_its_connect
         .answer("a poll")
         .assert_pending("a poll");
     drop(stream);
-    let serving = backends(&name).await;
+    // The listener connects from a task of its own, which may still be at it
+    // when the server says it serves: wait for it as for the baseline above.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut serving = backends(&name).await;
+    while serving < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        serving = backends(&name).await;
+    }
     assert!(
         serving >= 2,
         "{serving} connections: the listener and the pool"

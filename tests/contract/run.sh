@@ -25,7 +25,7 @@ trap cleanup EXIT
 
 export COMPOSITIONS_DATA_DIR=$tmp COMPOSITIONS_DATABASE=sqlite:$tmp/jobs.db COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
 # The polling limit would answer most of these requests (1,100 on four ids) with
-# 429, which positive_data_acceptance reads as refusing valid data; tests/polling.rs
+# 429, which positive_data_acceptance reads as refusing valid data; tests/suite/polling.rs
 # covers it. Long polls are cut to a second: the spec's example asks for 25.
 export COMPOSITIONS_POLLING__LIMIT_PER_SECOND=0 COMPOSITIONS_POLLING__MAX_WAIT=1s
 "$bin" serve --dev --listen 127.0.0.1:0 2>"$tmp/server.log" &

@@ -12,7 +12,7 @@ The unmutated spec and a backward-compatible change (an added optional field) mu
 compile, so the guard is not a tripwire on every edit. A new code for an existing
 response compiles, and then the service must send that code, as HTTP status and
 as `meta.code`, from every place that answers with that response (the handler,
-the router, the layers before it): `tests/errors.rs`
+the router, the layers before it): `tests/suite/errors.rs`
 `every_answer_states_the_status_the_spec_gives_it` runs in the scratch workspace.
 """
 
@@ -125,7 +125,7 @@ CASES = [
     ("compatible: add an optional Job field", add_optional_job_property, COMPILES),
 ]
 
-CONSISTENCY_TEST = ["--test", "errors", "every_answer_states_the_status_the_spec_gives_it"]
+CONSISTENCY_TEST = ["--test", "suite", "errors::every_answer_states_the_status_the_spec_gives_it"]
 
 ERROR = re.compile(r"^(?P<file>[^\s:]+):\d+:\d+: error")
 

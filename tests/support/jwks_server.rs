@@ -49,6 +49,7 @@ impl Answer {
 }
 
 /// The running endpoint.
+#[derive(Debug)]
 pub struct JwksServer {
     addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,

@@ -51,6 +51,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// A running service with its own database, and a producer-side handle on it.
+#[derive(Debug)]
 pub struct TestContext {
     /// Where the database lives; removed on drop.
     pub dir: TempDir,
@@ -254,7 +255,7 @@ pub async fn complete(store: &Store, id: Uuid, composition: Uuid) -> Job {
 }
 
 /// The generated client's per-call context: a span id and the credentials.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ClientContext {
     span: XSpanIdString,
     auth: Option<AuthData>,

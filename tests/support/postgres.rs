@@ -27,6 +27,7 @@ pub fn server_url() -> Option<String> {
 
 /// A schema that exists for one test; `url` points every connection at it and
 /// names them after it, so that they can be found and closed.
+#[derive(Debug)]
 pub struct TestSchema {
     server: String,
     name: String,
@@ -106,13 +107,14 @@ async fn execute(url: &str, sql: &str) {
 
 /// A PostgreSQL server of the test's own, on a free port, that the test may stop
 /// and start (the machine's shared server is never touched).
+#[derive(Debug)]
 pub struct PrivateServer {
     dir: tempfile::TempDir,
     port: u16,
 }
 
 /// How a private server accepts connections over TLS.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum ServerTls {
     /// No TLS at all (`ssl = off`).
     Off,
@@ -124,7 +126,7 @@ pub enum ServerTls {
 }
 
 /// The server's certificate and key, and the CA that signs its clients', PEM.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ServerCertificate {
     /// The certificate.
     pub cert: std::path::PathBuf,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Switches {
     /// Connections that have sent `LISTEN` are silent.
     listeners: AtomicBool,
@@ -23,6 +23,7 @@ struct Switches {
 }
 
 /// The running relay.
+#[derive(Debug)]
 pub struct Relay {
     addr: SocketAddr,
     switches: Arc<Switches>,

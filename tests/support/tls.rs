@@ -17,6 +17,15 @@ pub struct TestCa {
     server_key: PrivateKeyDer<'static>,
 }
 
+/// Where the files are; the keys and certificates themselves are noise.
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TestCa {
     /// A CA, and a certificate it signs for `names` (DNS names or IP addresses).
     pub fn new(names: &[&str]) -> Self {

@@ -101,14 +101,15 @@ pub fn forge(header: &Value, payload: &str, signature: &[u8]) -> String {
 /// An HS256 token keyed with the RSA *public* key, the classic confusion attack.
 pub fn hs256_with_public_key(client_id: &str) -> String {
     let public = std::fs::read(fixture("rsa-test-key.pub.pem")).unwrap();
-    let mut header = Header::new(Algorithm::HS256);
+    hmac(&claims(client_id), Algorithm::HS256, &public)
+}
+
+/// `claims` under `kid: test-rsa`, MACed with `alg` (an HS algorithm) keyed with
+/// `secret`: what an attacker makes of public material.
+pub fn hmac(claims: &Value, alg: Algorithm, secret: &[u8]) -> String {
+    let mut header = Header::new(alg);
     header.kid = Some("test-rsa".into());
-    jsonwebtoken::encode(
-        &header,
-        &claims(client_id),
-        &EncodingKey::from_secret(&public).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
 }
 
 /// The algorithm `key` signs with.
@@ -160,6 +161,15 @@ pub struct FreshKey {
     pub kid: String,
     pkcs8: Vec<u8>,
     x: String,
+}
+
+/// The private key stays out of test output.
+impl std::fmt::Debug for FreshKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FreshKey {

@@ -1,18 +1,23 @@
-//! Driving the `compositions-jobs` binary: commands, a server process, raw GETs.
+//! Driving the `compositions-jobs` binary: commands, a server process, its dev
+//! tokens, GETs to it, and a producer process. What is not about the binary
+//! (raw HTTP, PostgreSQL schemas) is the `compositions-tests` library's.
 
-#![allow(dead_code, clippy::unwrap_used)]
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
+use compositions_tests::{RawResponse, job_path, raw};
+
 /// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_compositions-jobs");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_compositions-jobs");
 
 /// The binary with its state under `dir`.
-pub fn cli(dir: &Path) -> Command {
+pub(crate) fn cli(dir: &Path) -> Command {
     let mut command = Command::new(BIN);
     // Servers run side by side: each gets its own admin port too.
     command
@@ -26,11 +31,14 @@ pub fn cli(dir: &Path) -> Command {
     command
 }
 
-pub fn run(dir: &Path, args: &[&str]) -> Output {
+/// The binary with its state under `dir`, run with `args` to its end.
+pub(crate) fn run(dir: &Path, args: &[&str]) -> Output {
     cli(dir).args(args).output().unwrap()
 }
 
-pub fn stdout(output: &Output) -> String {
+/// What a command that succeeded printed, trimmed; panics with its stderr if it
+/// failed.
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "{}",
@@ -43,21 +51,21 @@ pub fn stdout(output: &Output) -> String {
 }
 
 /// A `serve --dev` process on a free port, with its log collected.
-pub struct Server {
+pub(crate) struct Server {
     child: Child,
     /// Where it listens.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
     /// `serve --dev` with its state under `dir`.
-    pub fn start(dir: &Path) -> Self {
+    pub(crate) fn start(dir: &Path) -> Self {
         Self::spawn(cli(dir))
     }
 
     /// `serve --dev` from a prepared command (environment, database).
-    pub fn spawn(mut command: Command) -> Self {
+    pub(crate) fn spawn(mut command: Command) -> Self {
         let mut child = command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
@@ -89,7 +97,7 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM, checks that it exits cleanly, returns its log.
-    pub fn stop(mut self) -> Vec<String> {
+    pub(crate) fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());
@@ -99,45 +107,42 @@ impl Server {
     }
 }
 
-/// `GET path` with a bearer token; returns the status and the JSON body.
-pub fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) = get_with_headers(address, path, token);
-    (status, body)
-}
-
-/// `GET path` with a bearer token; returns the status, the raw head and the JSON body.
-pub fn get_with_headers(
-    address: SocketAddr,
-    path: &str,
-    token: &str,
-) -> (u16, String, serde_json::Value) {
-    get_sending(address, path, token, "")
-}
-
-/// `GET path` with a bearer token and extra header lines (each ending in `\r\n`).
-pub fn get_sending(
-    address: SocketAddr,
-    path: &str,
-    token: &str,
-    extra: &str,
-) -> (u16, String, serde_json::Value) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n{extra}Connection: close\r\n\r\n"
+/// A token that `command`'s `serve --dev` server accepts for `client_id`, made by
+/// the binary itself (`dev token`) with the dev key in its data folder. A `--dev`
+/// server trusts that key alone, so the committed test keys of
+/// [`compositions_tests::tokens`] are of no use here.
+pub(crate) fn dev_token(mut command: Command, client_id: &str) -> String {
+    stdout(
+        &command
+            .args(["dev", "token", "--client-id", client_id])
+            .output()
+            .unwrap(),
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), serde_json::from_str(body).unwrap())
+}
+
+/// `GET path` with a bearer token; returns the status and the JSON body.
+pub(crate) fn get(address: SocketAddr, path: &str, token: &str) -> (u16, serde_json::Value) {
+    let response = get_sending(address, path, token, &[]);
+    (response.status, response.json())
+}
+
+/// `GET path` with a bearer token and `extra` headers, over raw HTTP/1.1.
+pub(crate) fn get_sending(
+    address: SocketAddr,
+    path: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+) -> RawResponse {
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    headers.extend_from_slice(extra);
+    raw::blocking::request(address, "GET", path, &headers)
 }
 
 /// `GET path` until `wanted` holds for the answer, for up to three seconds: what
 /// another process wrote reaches an instance's read cache within its change
 /// detection delay, and never later than `jobs.read_cache_max_age` (1 s).
-pub fn get_until(
+pub(crate) fn get_until(
     address: SocketAddr,
     path: &str,
     token: &str,
@@ -156,7 +161,7 @@ pub fn get_until(
 /// For the shutdown tests: the process itself, its signals and its exit.
 impl Server {
     /// Sends `signal` (a name `kill -s` takes: `TERM`, `INT`, `KILL`) to the server.
-    pub fn send_signal(&self, signal: &str) {
+    pub(crate) fn send_signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.pid().to_string()])
             .status()
@@ -165,12 +170,12 @@ impl Server {
     }
 
     /// How it exited, if it has.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().unwrap()
     }
 
     /// Waits up to `within` for the process to exit; `None` if it is still running.
-    pub fn wait_for_exit(
+    pub(crate) fn wait_for_exit(
         &mut self,
         within: std::time::Duration,
     ) -> Option<std::process::ExitStatus> {
@@ -192,7 +197,9 @@ impl Server {
 impl Server {
     /// As [`Server::spawn`], but a server that exits before serving is returned as
     /// its exit status and everything it wrote to stderr.
-    pub fn try_spawn(mut command: Command) -> Result<Self, (std::process::ExitStatus, String)> {
+    pub(crate) fn try_spawn(
+        mut command: Command,
+    ) -> Result<Self, (std::process::ExitStatus, String)> {
         let mut child = command
             .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
             .stderr(Stdio::piped())
@@ -225,17 +232,17 @@ impl Server {
     }
 
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// What the server has logged so far.
-    pub fn log_so_far(&self) -> Vec<String> {
+    pub(crate) fn log_so_far(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
 
     /// Kills the server with SIGKILL, as a crash would; returns its log.
-    pub fn kill(mut self) -> Vec<String> {
+    pub(crate) fn kill(mut self) -> Vec<String> {
         use std::os::unix::process::ExitStatusExt;
 
         self.child.kill().unwrap();
@@ -257,26 +264,27 @@ impl Drop for Server {
 
 /// Set to a database URL, the test binary's producer test writes jobs there
 /// (see [`producer_main`]); unset, that test returns at once.
-pub const PRODUCER_DATABASE: &str = "COMPOSITIONS_TEST_PRODUCER_DATABASE";
+pub(crate) const PRODUCER_DATABASE: &str = "COMPOSITIONS_TEST_PRODUCER_DATABASE";
 /// How many jobs the producer writes at once (default 1).
-pub const PRODUCER_WORKERS: &str = "COMPOSITIONS_TEST_PRODUCER_WORKERS";
+pub(crate) const PRODUCER_WORKERS: &str = "COMPOSITIONS_TEST_PRODUCER_WORKERS";
 /// How many jobs the producer makes before it stops (default: until killed).
-pub const PRODUCER_JOBS: &str = "COMPOSITIONS_TEST_PRODUCER_JOBS";
+pub(crate) const PRODUCER_JOBS: &str = "COMPOSITIONS_TEST_PRODUCER_JOBS";
 /// After this many failed writes in a row the producer prints `blocked` and waits
 /// for a line on stdin before it goes on (default: never).
-pub const PRODUCER_PAUSE_AFTER_ERRORS: &str = "COMPOSITIONS_TEST_PRODUCER_PAUSE_AFTER_ERRORS";
+pub(crate) const PRODUCER_PAUSE_AFTER_ERRORS: &str =
+    "COMPOSITIONS_TEST_PRODUCER_PAUSE_AFTER_ERRORS";
 /// The client every produced job belongs to.
-pub const PRODUCER_CLIENT: &str = "mis-durable";
+pub(crate) const PRODUCER_CLIENT: &str = "mis-durable";
 /// A producer stops by itself after this long, should its test die without killing it.
 const PRODUCER_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The status the producer means its `n`-th job to end in: a third stay PENDING.
-pub fn planned_status(n: u64) -> &'static str {
+pub(crate) fn planned_status(n: u64) -> &'static str {
     ["PENDING", "DONE", "FAILED"][usize::try_from(n % 3).unwrap()]
 }
 
 /// The outcome the producer writes for `id` when it finishes it as `status`.
-pub fn planned_outcome(id: uuid::Uuid, status: &str) -> compositions_jobs::jobs::Outcome {
+pub(crate) fn planned_outcome(id: uuid::Uuid, status: &str) -> compositions_jobs::jobs::Outcome {
     use compositions_jobs::jobs::{DEFAULT_ENTITY, Failure, Link, Outcome};
     match status {
         "DONE" => Outcome::Done(vec![
@@ -297,7 +305,7 @@ pub fn planned_outcome(id: uuid::Uuid, status: &str) -> compositions_jobs::jobs:
 /// The command that re-runs this test binary as a producer process: only the
 /// test `test_name` (which must call [`producer_main`]) runs, writing to
 /// `database`; stdin, stdout and stderr are piped.
-pub fn producer_command(test_name: &str, database: &str) -> Command {
+pub(crate) fn producer_command(test_name: &str, database: &str) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
@@ -312,7 +320,7 @@ pub fn producer_command(test_name: &str, database: &str) -> Command {
 /// again with `prlimit`) at `bytes`, and SIGXFSZ ignored so that a write beyond
 /// it fails with EFBIG instead of killing the process. Its program, arguments and
 /// environment are kept (the process id too: `sh` execs it); stdio is piped.
-pub fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
+pub(crate) fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
     let mut limited = Command::new("/bin/sh");
     // What `command` was given, and nothing else (`cli` starts from an empty
     // environment: the service reads every `COMPOSITIONS_*` variable).
@@ -347,7 +355,7 @@ pub fn with_file_size_limit(command: &Command, bytes: u64) -> Command {
 /// when it returned an error; `blocked` when it waits (see
 /// [`PRODUCER_PAUSE_AFTER_ERRORS`]); `end` when it is done. It never panics on a
 /// store error.
-pub async fn producer_main() {
+pub(crate) async fn producer_main() {
     use compositions_jobs::config::{Config, DatabaseUrl};
     use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
     use compositions_jobs::{Access, JobStore, Store};
@@ -459,22 +467,22 @@ pub async fn producer_main() {
 
 /// What a producer process said, as the test reads it.
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     /// Every acknowledged job: its last acknowledged status and its plan.
-    pub acked: std::collections::HashMap<uuid::Uuid, (String, String)>,
+    pub(crate) acked: std::collections::HashMap<uuid::Uuid, (String, String)>,
     /// Acknowledged jobs in the order of their creation.
-    pub order: Vec<uuid::Uuid>,
+    pub(crate) order: Vec<uuid::Uuid>,
     /// Acknowledged transitions, creations included.
-    pub transitions: usize,
+    pub(crate) transitions: usize,
     /// Writes the store refused: the job, the status tried, the error.
-    pub errors: Vec<(uuid::Uuid, String, String)>,
+    pub(crate) errors: Vec<(uuid::Uuid, String, String)>,
     /// Every line that was not an acknowledgement or an error.
-    pub other: Vec<String>,
+    pub(crate) other: Vec<String>,
 }
 
 impl Ledger {
     /// Records one line of the producer's stdout.
-    pub fn record(&mut self, line: &str) {
+    pub(crate) fn record(&mut self, line: &str) {
         let words: Vec<&str> = line.splitn(4, ' ').collect();
         match words[..] {
             ["ack", id, status, plan] => {
@@ -496,7 +504,7 @@ impl Ledger {
     /// The status each acknowledged job may have now: the acknowledged one, or,
     /// while a transition of it was not acknowledged (it failed, or was in flight
     /// when the producer died), the one it tried.
-    pub fn may_be(&self, id: uuid::Uuid) -> Vec<&str> {
+    pub(crate) fn may_be(&self, id: uuid::Uuid) -> Vec<&str> {
         let (status, plan) = &self.acked[&id];
         if status == "PENDING" && plan != "PENDING" {
             vec![status.as_str(), plan.as_str()]
@@ -507,7 +515,7 @@ impl Ledger {
 
     /// Acknowledged PENDING jobs whose planned transition was neither acknowledged
     /// nor refused: at most one per worker, in flight when the producer stopped.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         let refused: std::collections::HashSet<_> =
             self.errors.iter().map(|(id, _, _)| *id).collect();
         self.acked
@@ -520,17 +528,17 @@ impl Ledger {
 }
 
 /// A running producer process; killed on drop if the test did not stop it.
-pub struct Producer {
+pub(crate) struct Producer {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
     stderr: Option<std::thread::JoinHandle<String>>,
     /// What it said so far.
-    pub ledger: Ledger,
+    pub(crate) ledger: Ledger,
 }
 
 impl Producer {
     /// Starts `command` (from [`producer_command`]).
-    pub fn start(mut command: Command) -> Self {
+    pub(crate) fn start(mut command: Command) -> Self {
         let mut child = command.spawn().unwrap();
         let (send, lines) = std::sync::mpsc::channel();
         let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -556,13 +564,13 @@ impl Producer {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Reads what it says until `until` holds for the ledger or the line, for at
     /// most `timeout`; false when it did not (or the producer ended first).
-    pub fn read_until(
+    pub(crate) fn read_until(
         &mut self,
         timeout: std::time::Duration,
         until: impl Fn(&Ledger, &str) -> bool,
@@ -581,13 +589,13 @@ impl Producer {
     }
 
     /// Sends a line to its stdin (what a `blocked` producer waits for).
-    pub fn tell(&mut self, line: &str) {
+    pub(crate) fn tell(&mut self, line: &str) {
         writeln!(self.child.stdin.as_mut().unwrap(), "{line}").unwrap();
     }
 
     /// Kills it with SIGKILL, then reads every acknowledgement it had already
     /// written; returns its stderr.
-    pub fn kill(&mut self) -> String {
+    pub(crate) fn kill(&mut self) -> String {
         use std::os::unix::process::ExitStatusExt;
 
         self.child.kill().unwrap();
@@ -601,7 +609,7 @@ impl Producer {
     }
 
     /// Waits for it to end by itself, checks that it succeeded, returns its stderr.
-    pub fn wait(&mut self) -> String {
+    pub(crate) fn wait(&mut self) -> String {
         let exit = self.child.wait().unwrap();
         let stderr = self.drain();
         assert!(exit.success(), "the producer failed ({exit}): {stderr}");
@@ -637,7 +645,7 @@ impl Drop for Producer {
 /// producer's client, in a status [`Ledger::may_be`] allows, with exactly the
 /// links or error the producer wrote. Returns how many jobs show a transition
 /// that was never acknowledged, and each job's status.
-pub async fn check_every_ack(
+pub(crate) async fn check_every_ack(
     store: &compositions_jobs::Store,
     ledger: &Ledger,
 ) -> (usize, std::collections::HashMap<uuid::Uuid, String>) {
@@ -686,7 +694,7 @@ pub async fn check_every_ack(
 /// Checks over HTTP that `ids` read as the statuses in `expected`, with the links
 /// or error the producer wrote (what another process wrote may take the server a
 /// change check to see).
-pub fn check_over_http(
+pub(crate) fn check_over_http(
     address: SocketAddr,
     token: &str,
     ids: &[uuid::Uuid],
@@ -694,12 +702,9 @@ pub fn check_over_http(
 ) {
     for id in ids {
         let status = &expected[id];
-        let (code, body) = get_until(
-            address,
-            &format!("/api/patients/composition/job/{id}"),
-            token,
-            |code, body| code == 200 && body["data"]["status"] == status.as_str(),
-        );
+        let (code, body) = get_until(address, &job_path(id), token, |code, body| {
+            code == 200 && body["data"]["status"] == status.as_str()
+        });
         assert_eq!(code, 200, "job {id}: {body}");
         let data = &body["data"];
         assert_eq!(data["id"], id.to_string());

@@ -3,8 +3,6 @@
 //! `sslmode` does what libpq's does, and each way a connection must not be
 //! trusted stops the service at start with an error naming the cause.
 
-#![allow(clippy::unwrap_used)]
-
 use compositions_jobs::ErrorChain;
 use compositions_jobs::config::{Config, DatabaseUrl};
 use compositions_jobs::start_server;

@@ -1,8 +1,6 @@
 //! PostgreSQL failing under the service: an outage in the middle of load, and more
 //! requests than connections. Runs when `COMPOSITIONS_TEST_DATABASE_URL` is set.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

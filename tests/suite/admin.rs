@@ -1,8 +1,6 @@
 //! The admin listener: liveness, readiness (store failures and shutdown) and
 //! the Prometheus metrics, read back after real traffic.
 
-#![allow(clippy::unwrap_used)]
-
 use std::time::{Duration, Instant};
 
 use compositions_jobs::config::DatabaseUrl;

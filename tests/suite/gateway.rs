@@ -1,8 +1,6 @@
 //! Gateway mode: behind eHealth's Kong gateway, which verifies the token and passes
 //! the caller on in `x-consumer-*` headers.
 
-#![allow(clippy::unwrap_used)]
-
 use compositions_jobs::config::AuthMode;
 use compositions_tests::{TestContext, job_path};
 use serde_json::json;

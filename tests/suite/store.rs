@@ -1,7 +1,5 @@
 //! The job store's lifecycle rules, one suite for every backend.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,8 +1,6 @@
 //! Polling done right: `Retry-After`, `ETag` and 304, `Cache-Control`, long polls
 //! with `Prefer: wait` on both backends, the polling limit, and shutdown.
 
-#![allow(clippy::unwrap_used)]
-
 use std::time::{Duration, Instant};
 
 use compositions_jobs::JobStore;

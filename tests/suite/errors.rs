@@ -3,8 +3,6 @@
 //! whole envelope. The main authentication cases are the table in
 //! `auth_table.rs`; these are the other hostile inputs.
 
-#![allow(clippy::unwrap_used)]
-
 use compositions_tests::tokens::{self, TestKey};
 use compositions_tests::{TestContext, job_path, raw};
 use jsonwebtoken::Algorithm;

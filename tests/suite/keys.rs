@@ -3,8 +3,6 @@
 //! its own), rotated without a restart, kept when the issuer misbehaves, and a
 //! key file read again when it changes. Polls go through the generated client.
 
-#![allow(clippy::unwrap_used)]
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,5 @@
 //! The operation through the generated client: each status as the contract shows it.
 
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use compositions_api::GetAsyncJobStatusResponse;
@@ -271,7 +269,7 @@ async fn the_service_serves_the_committed_spec_and_docs() {
     let spec = ctx.get_raw("/openapi.yaml", &[]).await;
     assert_eq!(spec.status, 200);
     assert_eq!(spec.header("content-type"), Some("application/yaml"));
-    assert_eq!(spec.body, include_bytes!("../spec/compositions.yaml"));
+    assert_eq!(spec.body, include_bytes!("../../spec/compositions.yaml"));
 
     let docs = ctx.get_raw("/docs", &[]).await;
     assert_eq!(docs.status, 200);
@@ -283,7 +281,7 @@ async fn the_service_serves_the_committed_spec_and_docs() {
         docs.header("content-security-policy")
             .is_some_and(|policy| policy.starts_with("default-src 'none'"))
     );
-    assert_eq!(docs.body, include_bytes!("../docs/site/index.html"));
+    assert_eq!(docs.body, include_bytes!("../../docs/site/index.html"));
 }
 
 #[test]

@@ -4,8 +4,6 @@
 //! must always be either working or known to be down, and long polls must hear
 //! of transitions made by other processes either way.
 
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

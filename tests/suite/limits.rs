@@ -3,8 +3,6 @@
 //! connections, the header-read timeout against slowloris and the keep-alive
 //! timeout; and the requests hyper refuses by itself, in the same envelope.
 
-#![allow(clippy::unwrap_used)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -13,7 +11,7 @@ use compositions_jobs::config::HttpConfig;
 use compositions_tests::tokens;
 use compositions_tests::{RawResponse, TestContext, job_path, raw, sample};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// `count` headers, each `x-filler-N: <value>`, on top of the bearer token.
@@ -30,26 +28,9 @@ async fn get_with(ctx: &TestContext, path: &str, extra: &[(String, String)]) -> 
     ctx.get_raw(path, &headers).await
 }
 
-/// Reads until the server closes the connection; the bytes it sent first.
-async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
-    let mut received = Vec::new();
-    tokio::time::timeout(within, async {
-        let mut buffer = [0u8; 4096];
-        loop {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server kept the connection open");
-    received
-}
-
 /// Waits for the server to close the connection without sending anything.
 async fn assert_closed_unanswered(stream: &mut TcpStream, within: Duration) {
-    let received = read_until_closed(stream, within).await;
+    let received = raw::read_until_closed(stream, within).await;
     assert!(
         received.is_empty(),
         "{}",
@@ -188,21 +169,16 @@ async fn a_connection_just_over_the_limit_gets_503_then_closes() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(ctx.addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buffer = [0u8; 4096];
-        let n = stream.read(&mut buffer).await.unwrap();
-        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+        let response = raw::read_response(&mut stream).await.unwrap();
+        assert_eq!(response.status, 200);
         open.push(stream);
     }
     let mut third = TcpStream::connect(ctx.addr).await.unwrap();
     third.write_all(request.as_bytes()).await.unwrap();
-    let received = read_until_closed(&mut third, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&received);
-    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-    assert!(
-        text.to_ascii_lowercase().contains("retry-after: 1"),
-        "{text}"
-    );
-    assert!(text.contains(r#""type":"service_unavailable""#), "{text}");
+    let refused = raw::parse(&raw::read_until_closed(&mut third, Duration::from_secs(5)).await);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+    assert_eq!(refused.json()["error"]["type"], "service_unavailable");
 
     // A place comes back when a connection closes.
     drop(open.pop());
@@ -257,12 +233,8 @@ async fn a_slow_request_head_is_cut_after_the_header_read_timeout() {
         .write_all(format!("Authorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    let received = read_until_closed(&mut patient, timeout * 4).await;
-    assert!(
-        received.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&received)
-    );
+    let received = raw::read_until_closed(&mut patient, timeout * 4).await;
+    assert_eq!(raw::parse(&received).status, 200);
 }
 
 #[tokio::test]
@@ -278,21 +250,15 @@ async fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
     let token = tokens::valid("mis-1");
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
-    let mut buffer = vec![0u8; 8192];
 
     // Just within: idle for longer than the header-read timeout, then a request,
     // whose head has its own clock from its first byte.
     let mut kept = connect_and_send(ctx.addr, request.as_bytes()).await;
-    let n = kept.read(&mut buffer).await.unwrap();
-    assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(raw::read_response(&mut kept).await.unwrap().status, 200);
     tokio::time::sleep(keep_alive - Duration::from_millis(500)).await;
     kept.write_all(request.as_bytes()).await.unwrap();
-    let n = kept.read(&mut buffer).await.unwrap();
-    assert!(
-        buffer[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buffer[..n])
-    );
+    let again = raw::read_response(&mut kept).await;
+    assert!(matches!(&again, Ok(r) if r.status == 200), "{again:?}");
 
     // Just over: idle past the keep-alive timeout, the connection is closed
     // cleanly (no answer), counting from the end of the last response.

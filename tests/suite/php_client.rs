@@ -1,8 +1,6 @@
 //! The six rules of the production PHP MIS client, one test each: every response
 //! this service sends must be readable by it. Each test also shows that the
-//! emulation in `support/php.rs` rejects what the real client rejects.
-
-#![allow(clippy::unwrap_used)]
+//! emulation in `tests/support/php.rs` rejects what the real client rejects.
 
 use compositions_api::GetAsyncJobStatusResponse;
 use compositions_tests::php::{Reading, read};
