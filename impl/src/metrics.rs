@@ -37,6 +37,8 @@ struct Shard {
     /// Cumulative counts are made at scrape; here, one count per bucket, then +Inf.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
+    /// Polls answered from the read cache.
+    cache_hits: AtomicU64,
 }
 
 /// The polling path's reads that reached the database (the read cache's misses),
@@ -120,6 +122,13 @@ impl Metrics {
         });
     }
 
+    /// Counts one poll answered from the read cache.
+    pub(crate) fn record_cache_hit(&self) {
+        self.with_shard(|shard| {
+            shard.cache_hits.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
     fn with_shard(&self, count: impl FnOnce(&Shard)) {
         SHARDS.with(|shards| {
             let mut shards = shards.borrow_mut();
@@ -173,6 +182,12 @@ impl Metrics {
             &BUCKETS,
             &counts,
             seconds,
+        );
+        counter(
+            out,
+            "compositions_jobs_read_cache_hits_total",
+            "Polls answered from the read cache (its misses are the store reads).",
+            sum(&|s| s.cache_hits.load(Ordering::Relaxed)),
         );
     }
 }

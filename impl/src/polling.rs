@@ -68,6 +68,7 @@ impl Polling {
     async fn read(&self, id: Uuid, client_id: &str) -> Result<Option<Job>, StoreError> {
         let now = Timestamp::now();
         if let Some(answer) = self.store.cached(id, client_id, now) {
+            self.metrics.record_cache_hit();
             return Ok(answer);
         }
         let started = std::time::Instant::now();

@@ -638,3 +638,75 @@ fn jobs_show_never_migrates_a_sqlite_file() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(!dir.path().join("none.db").exists());
 }
+
+/// Served as in production (no `--dev`): the log is JSON lines, and each
+/// request's access line carries what operators correlate by, the caller's
+/// W3C trace id among them; a malformed `traceparent` is ignored, never an error.
+#[test]
+fn the_access_log_is_json_lines_with_the_callers_trace_id() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let id = stdout(&run(
+        dir.path(),
+        &["jobs", "create", "--client-id", "mis-1"],
+    ));
+    let mut child = cli(dir.path())
+        .env(
+            "COMPOSITIONS_AUTH__JWKS",
+            compositions_tests::fixture("jwks.json"),
+        )
+        .env("COMPOSITIONS_AUTH__ISSUER", tokens::ISSUER)
+        .env("COMPOSITIONS_AUTH__AUDIENCE", tokens::AUDIENCE)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value {
+        let line = lines.next().expect("the log ended").unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let address: std::net::SocketAddr = loop {
+        if let Some(address) = next()["fields"]["address"].as_str() {
+            break address.parse().unwrap();
+        }
+    };
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let token = tokens::valid("mis-1");
+    for (value, expected) in [(traceparent.as_str(), trace), ("00-nonsense-01", "-")] {
+        let response = get_sending(
+            address,
+            &job_path(&id),
+            &token,
+            &[("traceparent", value), ("x-request-id", "poll-1")],
+        );
+        assert_eq!(response.status, 200, "{value}");
+        let line = loop {
+            let line = next();
+            if line["target"] == "access" {
+                break line;
+            }
+        };
+        assert_eq!(line["level"], "INFO");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+        let fields = &line["fields"];
+        assert_eq!(fields["trace_id"], expected, "{line}");
+        assert_eq!(fields["request_id"], "poll-1");
+        assert_eq!(fields["method"], "GET");
+        assert_eq!(fields["operation"], "getAsyncJobStatus");
+        assert_eq!(fields["status"], 200);
+        assert_eq!(fields["client_id"], "mis-1");
+        assert!(fields["latency_us"].is_u64(), "{line}");
+        assert!(!line.to_string().contains(&token), "never the token");
+    }
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}

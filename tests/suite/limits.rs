@@ -290,6 +290,8 @@ async fn a_long_poll_outlives_both_connection_timeouts() {
     let ctx = TestContext::with_config(|c| {
         c.http.header_read_timeout = Duration::from_secs(1);
         c.http.keep_alive_timeout = Duration::from_secs(1);
+        // The whole wait, without its random spread.
+        c.polling.jitter = 0.0;
     })
     .await;
     let path = job_path(ctx.create_job("mis-1").await.id);

@@ -81,7 +81,8 @@ async fn job_due_in(ctx: &TestContext, expected: Duration) -> Uuid {
 
 #[tokio::test]
 async fn retry_after_counts_down_to_the_eta_and_is_never_sent_once_finished() {
-    let ctx = TestContext::new().await;
+    // Exact values: no spread.
+    let ctx = TestContext::with_config(|c| c.polling.jitter = 0.0).await;
     for (expected, retry_after) in [(0, "1"), (2_500, "3"), (4_000, "4"), (600_000, "10")] {
         let id = job_due_in(&ctx, Duration::from_millis(expected)).await;
         let response = get(&ctx, id, &[]).await;
@@ -209,7 +210,8 @@ async fn a_long_poll_wakes_when_the_job_finishes_in_this_process_or_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_ends_at_its_deadline_with_the_current_state() {
-    for backend in backends(|_| {}).await {
+    // The exact deadline: no spread.
+    for backend in backends(|c| c.polling.jitter = 0.0).await {
         let id = backend.ctx.create_job("mis-1").await.id;
         let started = Instant::now();
         let response = get(&backend.ctx, id, &[("Prefer", "wait=1")]).await;
@@ -406,5 +408,122 @@ async fn a_transition_is_seen_at_once_here_and_within_the_bound_from_elsewhere()
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         println!("{}: seen after {:?}", backend.name, finished.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_and_the_end_of_long_polls_are_spread_at_random() {
+    // The default spread, 0.2: an eta 4 s away is told as 4 or 5 seconds.
+    let ctx = TestContext::new().await;
+    assert!((ctx.config.polling.jitter - 0.2).abs() < f64::EPSILON);
+    let id = job_due_in(&ctx, Duration::from_secs(4)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(
+            get(&ctx, id, &[])
+                .await
+                .header("retry-after")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        seen,
+        ["4", "5"].map(String::from).into(),
+        "both, nothing else"
+    );
+
+    // Ten long polls begun together for 2 s end apart, within [1.6 s, 2 s].
+    let started = Instant::now();
+    let polls: Vec<_> = (0..10)
+        .map(|_| long_poll(&ctx, id, vec![("Prefer", "wait=2".into())]))
+        .collect();
+    let mut ends = Vec::new();
+    for poll in polls {
+        let (response, at) = poll.await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("preference-applied"), Some("wait=2"));
+        ends.push(at.duration_since(started));
+    }
+    ends.sort();
+    let (first, last) = (ends[0], ends[ends.len() - 1]);
+    assert!(first >= Duration::from_millis(1550), "{ends:?}");
+    assert!(last < Duration::from_millis(2500), "{ends:?}");
+    assert!(
+        last - first >= Duration::from_millis(20),
+        "not spread: {ends:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_304_is_not_counted_by_the_polling_limit() {
+    let ctx = TestContext::with_config(|c| {
+        c.polling.limit_per_second = 0.1;
+        c.polling.limit_burst = 3;
+    })
+    .await;
+    let id = ctx.create_job("mis-1").await.id;
+    let first = get(&ctx, id, &[]).await;
+    assert_eq!(first.status, 200);
+    let tag = first.header("etag").unwrap().to_owned();
+    // Far more 304s than the burst: none is counted.
+    for _ in 0..20 {
+        assert_eq!(get(&ctx, id, &[("If-None-Match", &tag)]).await.status, 304);
+    }
+    // What is left of the burst is still there, then the limit holds.
+    assert_eq!(get(&ctx, id, &[]).await.status, 200);
+    assert_eq!(get(&ctx, id, &[]).await.status, 200);
+    assert_eq!(get(&ctx, id, &[]).await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_job_is_answered_from_memory_while_the_change_feed_confirms() {
+    // Polls further apart than read_cache_max_age still hit the cache: it is
+    // the feed's confirmations, not the read, that keep an entry fresh.
+    for backend in backends(|c| c.jobs.read_cache_max_age = Duration::from_millis(300)).await {
+        let ctx = &backend.ctx;
+        let id = ctx.create_job("mis-1").await.id;
+        let counts = async || {
+            let metrics = ctx.metrics().await;
+            (
+                compositions_tests::sample(&metrics, "compositions_jobs_read_cache_hits_total"),
+                compositions_tests::sample(
+                    &metrics,
+                    "compositions_jobs_store_read_duration_seconds_count",
+                ),
+            )
+        };
+        // The job was made through another connection: the first reads may
+        // race the feed's news of it.
+        for _ in 0..2 {
+            assert_eq!(get(ctx, id, &[]).await.status, 200);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (hits, reads) = counts().await;
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(get(ctx, id, &[]).await.status, 200);
+        }
+        assert_eq!(counts().await, (hits + 4.0, reads), "{}", backend.name);
+
+        // Another client's poll of the same job is no hit: it takes the
+        // database's path, as an unknown id does.
+        let foreign = raw::request(
+            ctx.addr,
+            "GET",
+            &job_path(id),
+            &[(
+                "Authorization",
+                &format!("Bearer {}", tokens::valid("mis-2")),
+            )],
+        )
+        .await;
+        assert_eq!(foreign.status, 404);
+        assert_eq!(
+            counts().await,
+            (hits + 4.0, reads + 1.0),
+            "{}",
+            backend.name
+        );
     }
 }
