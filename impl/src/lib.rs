@@ -55,7 +55,7 @@ pub use auth::{
 };
 pub use chain::ErrorChain;
 pub use http::{Limits, SPEC};
-pub use logging::JsonLines;
+pub use logging::{JsonLines, LogWriter, LogWriterGuard};
 pub use store::{Access, JobStore, Store, StoreError, purge};
 
 use std::net::SocketAddr;

@@ -18,6 +18,7 @@ use compositions_jobs::jobs::{
     DEFAULT_ENTITY, Failure, Kind, LifecycleError, Link, NewJob, Outcome, Timestamp, Transition,
 };
 use compositions_jobs::{Access, JobStore, Store, StoreError, purge};
+use compositions_jobs::{JsonLines, LogWriter, LogWriterGuard};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -199,30 +200,28 @@ async fn main() -> ExitCode {
 }
 
 /// JSON lines when serving in production; readable text otherwise. Lines are
-/// written to stderr by a thread of their own, so that a request never waits on
-/// a write(2); that thread buffers what is queued and writes it at once when
-/// the queue is empty, so a busy service makes one write(2) for many lines, not
-/// one per access line. The queue blocks rather than drops.
-fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// written to stderr by a thread of their own ([`LogWriter`]), so that a
+/// request never waits on a write(2), and in batches, so that a busy service
+/// makes one write(2) for many lines. None is ever dropped.
+fn init_logging(json: bool) -> Option<LogWriterGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
+    // Without a thread, log straight to stderr rather than not at all.
+    let Ok((writer, guard)) = LogWriter::spawn(std::io::stderr()) else {
+        builder.with_writer(std::io::stderr).init();
+        return None;
+    };
+    let builder = builder.with_writer(writer);
     if json {
-        builder.event_format(compositions_jobs::JsonLines).init();
+        builder.event_format(JsonLines).init();
     } else {
         builder.init();
     }
-    guard
+    Some(guard)
 }
 
 async fn run(cli: Cli) -> Result<(), Failed> {
