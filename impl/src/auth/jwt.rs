@@ -158,30 +158,59 @@ struct Unique<T>(T);
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Unique<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = serde_json::Map<String, serde_json::Value>;
+        struct Members<T>(std::marker::PhantomData<T>);
+        impl<'de, T: DeserializeOwned> Visitor<'de> for Members<T> {
+            type Value = T;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = serde_json::Map::new();
-                while let Some(name) = map.next_key::<String>()? {
-                    let value = map.next_value()?;
-                    if members.insert(name, value).is_some() {
-                        // The name is the caller's text: not repeated into the log.
-                        return Err(de::Error::custom("a member appears more than once"));
-                    }
-                }
-                Ok(members)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                // Straight into `T`, each name checked on its way past.
+                T::deserialize(de::value::MapAccessDeserializer::new(Distinct {
+                    map,
+                    seen: Vec::new(),
+                }))
             }
         }
-        let members = deserializer.deserialize_map(Members)?;
-        T::deserialize(serde_json::Value::Object(members))
+        deserializer
+            .deserialize_map(Members(std::marker::PhantomData))
             .map(Unique)
-            .map_err(de::Error::custom)
+    }
+}
+
+/// The members of a JSON object, refused at the second of any name.
+struct Distinct<A> {
+    map: A,
+    /// A token's header and claims have a handful of members: a list will do.
+    seen: Vec<String>,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Distinct<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, A::Error> {
+        let Some(name) = self.map.next_key::<String>()? else {
+            return Ok(None);
+        };
+        if self.seen.contains(&name) {
+            // The name is the caller's text: not repeated into the log.
+            return Err(de::Error::custom("a member appears more than once"));
+        }
+        let key = seed.deserialize(de::value::StrDeserializer::<A::Error>::new(&name))?;
+        self.seen.push(name);
+        Ok(Some(key))
+    }
+
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
     }
 }
 

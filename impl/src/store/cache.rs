@@ -10,13 +10,15 @@
 //! - PostgreSQL: each `NOTIFY` forgets its job; while the listener is down the
 //!   cache is off, and it starts empty of PENDING jobs when the listener is back.
 //!
-//! An entry is as fresh as the later of its read and the feed's last
+//! A PENDING entry is as fresh as the later of its read and the feed's last
 //! confirmation ([`JobCache::confirm`]): the moment up to which every change is
 //! known to have been heard (a SQLite watcher tick that saw nothing new, a
 //! PostgreSQL heartbeat `NOTIFY` that came back through the listener behind
-//! every notification before it). So an entry lives as long as the feed keeps
+//! every notification before it). So it lives as long as the feed keeps
 //! confirming, and a poll never lags a transition by more than `max_age`,
-//! whatever happens: a feed that stops confirming lets its entries age out.
+//! whatever happens: a feed that stops confirming lets its entries age out. A
+//! finished entry is as fresh as its read: its only change, the purge, is not
+//! on the feed.
 //!
 //! The cache serves only while a change feed runs (`live`), so the CLI and a
 //! store without one always read the database. Only found jobs are kept, and a
@@ -102,9 +104,15 @@ impl JobCache {
             .nanos(Instant::now())
             .saturating_sub(u64::try_from(self.max_age.as_nanos()).unwrap_or(u64::MAX));
         let confirmed = self.confirmed.load(Ordering::Acquire);
+        // A confirmation vouches for PENDING jobs only: the feed reports their
+        // one change, the finish, but not a purge of a finished job.
+        let fresh = |entry: &Entry| match entry.job.state {
+            State::Pending { .. } => entry.read_at.max(confirmed) >= oldest,
+            State::Done { .. } | State::Failed { .. } => entry.read_at >= oldest,
+        };
         let entry = self
             .entries
-            .get(&id, |entry| entry.read_at.max(confirmed) >= oldest)
+            .get(&id, fresh)
             .filter(|entry| entry.job.client_id == client_id)?;
         let expired = match entry.job.state {
             State::Pending { .. } => false,
@@ -282,6 +290,19 @@ mod tests {
             None,
             "no confirmation for longer than max_age"
         );
+        // A finished job ages by its read alone: its purge is not on the feed.
+        let done = job(
+            "mis-1",
+            State::Done {
+                links: vec![Link::new("e", "composition/x").unwrap_or_else(|e| panic!("{e}"))],
+                finished_at: now,
+            },
+        );
+        cache.forget(done.id);
+        cache.insert(&done, cache.ticket());
+        std::thread::sleep(Duration::from_millis(40));
+        cache.confirm(Instant::now());
+        assert_eq!(cache.get(done.id, "mis-1", now), None);
         // A confirmation older than the entry's read changes nothing.
         let before = Instant::now();
         cache.insert(&pending, cache.ticket());
