@@ -113,7 +113,7 @@ pub enum GetAsyncJobStatusResponse {
         >
     }
     ,
-    /// More request headers, or more bytes of them, than the service accepts (64 headers and 32 KiB by default). Far beyond that, the connection's HTTP layer refuses the request before the service sees it (see the README). 
+    /// More request headers, or more bytes of them, than the service accepts (64 headers and 32 KiB by default). Far beyond that, the connection's HTTP layer refuses the request before the service sees it (see docs/operations.md). 
     RequestHeaderFieldsTooLarge
     (models::ErrorEnvelope)
     ,

@@ -12,7 +12,7 @@ use serde_valid::Validate;
 #[derive(Debug, Clone, PartialEq, Validate, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "conversion", derive(frunk::LabelledGeneric))]
 pub struct ApiError {
-    /// `request_malformed` (400), `access_denied` or `jwt_expired` (401), `forbidden` (403), `not_found` (404), `method_not_allowed` (405), `too_many_requests` (429), `internal_error` (500). 
+    /// `request_malformed` (400), `access_denied` or `jwt_expired` (401), `forbidden` (403), `not_found` (404), `method_not_allowed` (405), `uri_too_long` (414), `too_many_requests` (429), `request_header_fields_too_large` (431), `internal_error` (500), `service_unavailable` (503). 
     #[serde(rename = "type")]
 
     pub r#type: String,

@@ -27,7 +27,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The operators' listener: `/health/live`, `/health/ready`, `/metrics`.
     pub admin_listen: SocketAddr,
-    /// The job store: `sqlite:PATH`.
+    /// The job store: `sqlite:PATH` or a `postgres://` URL.
     pub database: DatabaseUrl,
     /// Where local state lives: the default SQLite file and, with `dev`, the dev key.
     pub data_dir: PathBuf,
