@@ -1,5 +1,10 @@
 //! The helpers `bench/run.sh` drives: tokens, seeded jobs, idle connections and
-//! long-poll waiters. Each prints what the script needs on stdout.
+//! long-poll waiters and the realistic load (L). Each prints what the script needs
+//! on stdout.
+
+mod client;
+mod load;
+mod measure;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -24,7 +29,7 @@ const ISSUER: &str = "https://auth.bench.ehealth.example";
 const AUDIENCE: &str = "compositions-jobs";
 const TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
 struct Cli {
@@ -64,6 +69,9 @@ enum Command {
         /// Keep the tokens in a file in this directory (see above).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Token n acts for its own client, `<client-id>-<n>` (scenario L).
+        #[arg(long)]
+        numbered_clients: bool,
     },
     /// What verifying one new token costs, in this process, on one core: the
     /// service's whole verifier (caches off) and the signature check alone, for
@@ -120,6 +128,10 @@ enum Command {
         #[arg(long)]
         jwks: Option<PathBuf>,
     },
+    /// Scenario L: thousands of clients polling tens of thousands of jobs at their
+    /// Retry-After while a producer finishes and creates jobs; checks every
+    /// answer and prints one JSON line of measurements.
+    Load(load::LoadArgs),
 }
 
 #[tokio::main]
@@ -134,6 +146,7 @@ async fn main() -> Result<(), Failed> {
             bad_signature,
             garbage,
             cache_dir,
+            numbered_clients,
         } => {
             let kind = if garbage {
                 TokenKind::Garbage
@@ -147,6 +160,7 @@ async fn main() -> Result<(), Failed> {
             let spec = TokenSpec {
                 key: key.as_deref().map(std::fs::read).transpose()?,
                 client_id,
+                numbered_clients,
                 kind,
             };
             match cache_dir {
@@ -180,6 +194,7 @@ async fn main() -> Result<(), Failed> {
             server_pid,
             jwks,
         } => longpoll(address, &database, &jobs, per_job, &token, server_pid, jwks).await,
+        Command::Load(args) => load::load(args).await,
     }
 }
 
@@ -226,6 +241,8 @@ struct TokenSpec {
     /// The PEM key's bytes (absent for garbage).
     key: Option<Vec<u8>>,
     client_id: String,
+    /// Token n is for client `<client_id>-<n>`.
+    numbered_clients: bool,
     kind: TokenKind,
 }
 
@@ -244,6 +261,15 @@ impl TokenSpec {
                 ..
             } => format!("{alg:?}-bad-signature").to_lowercase(),
             TokenKind::Garbage => "garbage".into(),
+        }
+    }
+
+    /// The client token `n` acts for.
+    fn client_of(&self, n: usize) -> String {
+        if self.numbered_clients {
+            format!("{}-{n}", self.client_id)
+        } else {
+            self.client_id.clone()
         }
     }
 
@@ -271,7 +297,12 @@ impl TokenSpec {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{}-{}-{hex}.tokens", self.label(), self.client_id)
+        let numbered = if self.numbered_clients {
+            "-numbered"
+        } else {
+            ""
+        };
+        format!("{}-{}{numbered}-{hex}.tokens", self.label(), self.client_id)
     }
 }
 
@@ -455,7 +486,7 @@ fn generate_tokens(spec: &TokenSpec, count: usize) -> Result<String, Failed> {
                             ) => {
                                 let claims = serde_json::json!({
                                     "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{n}"),
-                                    "client_id": spec.client_id, "scope": "openid composition:read",
+                                    "client_id": spec.client_of(n), "scope": "openid composition:read",
                                     "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
                                     "jti": format!("{batch}-{n}"),
                                 });
@@ -538,6 +569,7 @@ fn verify_cost(fixtures: &Path, count: usize) -> Result<(), Failed> {
         let spec = TokenSpec {
             key: Some(std::fs::read(fixtures.join(file))?),
             client_id: "mis-bench".into(),
+            numbered_clients: false,
             kind: TokenKind::Signed {
                 alg,
                 kid: alg.default_kid().into(),
