@@ -18,16 +18,17 @@
 # L and LP are a realistic load (bench-tool load) on SQLite and on a private
 # PostgreSQL instance: thousands of clients with their own tokens polling tens of
 # thousands of jobs at their Retry-After, a share as long polls, while a producer
-# in another process finishes and creates jobs; every answer is checked.
+# in another process finishes and creates jobs; every answer is checked. S: does
+# another client's 404 take longer or shorter than an unknown id's?
 #
 #   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F
-#   V G H I J L LP"; R is the generated router alone, the floor under A; A also
+#   V G H I J L LP S"; R is the generated router alone, the floor under A; A also
 #   measures AL, with the access log on; C also measures C0, PostgreSQL with the
 #   read cache off). The access log is off elsewhere (RUST_LOG without `access`).
 #   L and LP: BENCH_LOAD_SECONDS (30) measured after BENCH_LOAD_WARMUP (32: one
 #   long-poll hold and one Retry-After), BENCH_LOAD_ROUNDS (1), BENCH_LOAD_CLIENTS
 #   (2000), BENCH_LOAD_JOBS (20000), BENCH_LOAD_FINISH_RATE (50 a second),
-#   BENCH_LOAD_LONG_SHARE (0.2).
+#   BENCH_LOAD_LONG_SHARE (0.2). S: BENCH_SIDE_PAIRS (2000).
 #   BENCH_COLD_RATE (45000) and BENCH_COLD_GARBAGE_RATE (90000): the highest
 #   request rates G-I and J are expected to reach; they size the token files
 #   (rate x (2 s warm-up + BENCH_SECONDS)), kept in target/bench/tokens for a day.
@@ -36,7 +37,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-scenarios=${BENCH_SCENARIOS:-R A B C D E F V G H I J L LP}
+scenarios=${BENCH_SCENARIOS:-R A B C D E F V G H I J L LP S}
 load_seconds=${BENCH_LOAD_SECONDS:-30}
 load_warmup=${BENCH_LOAD_WARMUP:-32}
 load_rounds=${BENCH_LOAD_ROUNDS:-1}
@@ -44,6 +45,7 @@ load_clients=${BENCH_LOAD_CLIENTS:-2000}
 load_jobs=${BENCH_LOAD_JOBS:-20000}
 load_rate=${BENCH_LOAD_FINISH_RATE:-50}
 load_long=${BENCH_LOAD_LONG_SHARE:-0.2}
+side_pairs=${BENCH_SIDE_PAIRS:-2000}
 failed=()
 cold_rate=${BENCH_COLD_RATE:-45000}
 garbage_rate=${BENCH_COLD_GARBAGE_RATE:-90000}
@@ -345,6 +347,20 @@ for scenario in $scenarios; do
     LP)
       private_postgres
       load LP "$private_url?options=-csearch_path%3Dload" "$postmaster_pid"
+      ;;
+    S)
+      # The owner polls its job (so the read cache holds it); another client asks
+      # for it and for an unknown id, in pairs.
+      echo "scenario S" >&2
+      sqlite_service
+      job=$("$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --pending)
+      other=$("$bin/bench-tool" tokens --key "$key" --client-id mis-other)
+      rc=0
+      line=$("$bin/bench-tool" side-channel --address "$address" --job "$job" --owner-token "$BENCH_TOKEN" \
+        --other-token "$other" --pairs "$side_pairs") || rc=$?
+      [ "$rc" = 0 ] || failed+=(S)
+      echo "{\"scenario\": \"S\", \"exit\": $rc, \"result\": ${line:-null}}" >>"$results"
+      kill -TERM "$pid"
       ;;
     *)
       echo "unknown scenario $scenario" >&2

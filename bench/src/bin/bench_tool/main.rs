@@ -1,10 +1,11 @@
 //! The helpers `bench/run.sh` drives: tokens, seeded jobs, idle connections and
-//! long-poll waiters and the realistic load (L). Each prints what the script needs
-//! on stdout.
+//! long-poll waiters, the realistic load (L) and the side-channel probe (S). Each
+//! prints what the script needs on stdout.
 
 mod client;
 mod load;
 mod measure;
+mod side;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -132,6 +133,9 @@ enum Command {
     /// Retry-After while a producer finishes and creates jobs; checks every
     /// answer and prints one JSON line of measurements.
     Load(load::LoadArgs),
+    /// Scenario S: another client's 404 for a cached job against a 404 for an
+    /// unknown id, in pairs; prints one JSON line.
+    SideChannel(side::SideArgs),
 }
 
 #[tokio::main]
@@ -195,6 +199,7 @@ async fn main() -> Result<(), Failed> {
             jwks,
         } => longpoll(address, &database, &jobs, per_job, &token, server_pid, jwks).await,
         Command::Load(args) => load::load(args).await,
+        Command::SideChannel(args) => side::side_channel(args).await,
     }
 }
 
