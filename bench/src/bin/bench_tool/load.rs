@@ -754,6 +754,7 @@ fn report(
         "wake_p99_us": measure::quantile(&window.wakes, 0.99),
         "server_polls": server_polls,
         "database_reads": reads,
+        "cache_hits": after.counters.cache_hits.zip(before.counters.cache_hits).map(|(a, b)| a - b),
         "token_cache_misses": after.counters.token_misses - before.counters.token_misses,
         "connections": shared.opened.load(Ordering::Relaxed),
         "created": created,

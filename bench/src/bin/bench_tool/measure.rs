@@ -121,6 +121,9 @@ pub(crate) struct Counters {
     pub polls: f64,
     /// Reads of the polling path that reached the database.
     pub database_reads: f64,
+    /// Polls the read cache answered, where the service counts them (newer
+    /// builds: `compositions_jobs_read_cache_hits_total`); else `None`.
+    pub cache_hits: Option<f64>,
     pub token_hits: f64,
     pub token_misses: f64,
 }
@@ -142,6 +145,8 @@ pub(crate) async fn counters(admin: SocketAddr) -> Result<Counters, Failed> {
             counters.polls += value;
         } else if name == "compositions_jobs_store_read_duration_seconds_count" {
             counters.database_reads = value;
+        } else if name == "compositions_jobs_read_cache_hits_total" {
+            counters.cache_hits = Some(value);
         } else if name == "compositions_jobs_token_cache_hits_total" {
             counters.token_hits = value;
         } else if name == "compositions_jobs_token_cache_misses_total" {
