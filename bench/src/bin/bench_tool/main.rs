@@ -1,10 +1,11 @@
 //! The helpers `bench/run.sh` drives: tokens, seeded jobs, idle connections and
-//! long-poll waiters, the realistic load (L) and the side-channel probe (S). Each
-//! prints what the script needs on stdout.
+//! long-poll waiters, the realistic load (L), the side-channel probe (S) and the
+//! scale steps. Each prints what the script needs on stdout.
 
 mod client;
 mod load;
 mod measure;
+mod scale;
 mod side;
 
 use std::io::Write;
@@ -136,6 +137,9 @@ enum Command {
     /// Scenario S: another client's 404 for a cached job against a 404 for an
     /// unknown id, in pairs; prints one JSON line.
     SideChannel(side::SideArgs),
+    /// make bench-scale: RSS per idle keep-alive connection, or per long-poll
+    /// waiter (and their wake-ups); prints one JSON line.
+    Connections(scale::ConnectionsArgs),
 }
 
 #[tokio::main]
@@ -200,6 +204,7 @@ async fn main() -> Result<(), Failed> {
         } => longpoll(address, &database, &jobs, per_job, &token, server_pid, jwks).await,
         Command::Load(args) => load::load(args).await,
         Command::SideChannel(args) => side::side_channel(args).await,
+        Command::Connections(args) => scale::connections(args).await,
     }
 }
 
