@@ -211,11 +211,12 @@ def load(lines):
         statuses = ", ".join(f"{c:,} × {k}" for k, c in sorted(r["statuses"].items()))
         if kinds:
             statuses += "; wrong: " + ", ".join(f"{c} × {k}" for k, c in kinds.items())
-        # The service's own count of cache hits where it has one; else what the
-        # database reads imply (long polls re-read on waking, so this undercounts).
+        # The service's own count of cache hits where it has one, as a share of
+        # all reads (hits and database reads: a long poll reads again on each
+        # wake-up); else what the database reads per poll imply.
         hits = [l["result"].get("cache_hits") for l in service]
         if all(h is not None for h in hits):
-            hit = statistics.median(h / max(l["result"]["server_polls"], 1) for h, l in zip(hits, service))
+            hit = statistics.median(h / max(h + l["result"]["database_reads"], 1) for h, l in zip(hits, service))
         else:
             hit = max(0.0, 1 - s["reads"])
         rows.append(
