@@ -41,6 +41,10 @@ def main():
             print(f"**{l['sweep']} {l['store']} {l['size']:,} ({l['target']}): the step failed; "
                   "see make bench-scale's output.**\n")
     lines = [l for l in lines if l["result"] is not None]
+    for l in lines:
+        if l["sweep"] == "skipped":
+            print(f"**{l['size']:,} connections: not run, {l['result']['reason']}.**\n")
+    lines = [l for l in lines if l["sweep"] != "skipped"]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"Measured {now} on {platform.node() or 'this machine'}: {os.cpu_count()} cores ({model}), "
