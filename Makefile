@@ -20,7 +20,7 @@ CARGO_DENY    := .tools/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 export COMPOSITIONS_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 
 .PHONY: run test prerequisites fmt fmt-check lint unit generate check-generated validate-spec \
-        build release contract drift docs check-docs docs-test publish-docs bench fuzz tools clean
+        build release contract drift docs check-docs docs-test publish-docs bench bench-scale fuzz tools clean
 
 ## run: serve on 127.0.0.1:8080 with SQLite under ./var and a dev signing key
 run:
@@ -105,6 +105,10 @@ fuzz:
 ## bench: the service against bare hyper in the same run (a few minutes; never in test)
 bench:
 	bench/run.sh
+
+## bench-scale: CPU, RSS and p99 as jobs, tokens and connections grow (several minutes)
+bench-scale:
+	bench/scale.sh
 
 tools: $(CODEGEN_TOOLS) $(TEST_TOOLS) $(DOCS_TOOLS) $(CARGO_DENY)
 

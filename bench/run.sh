@@ -15,10 +15,20 @@
 # round runs in a fresh process, and no token is presented twice to it (see
 # cold() and bench/README.md). V times one verification alone, in-process.
 #
+# L and LP are a realistic load (bench-tool load) on SQLite and on a private
+# PostgreSQL instance: thousands of clients with their own tokens polling tens of
+# thousands of jobs at their Retry-After, a share as long polls, while a producer
+# in another process finishes and creates jobs; every answer is checked. S: does
+# another client's 404 take longer or shorter than an unknown id's?
+#
 #   BENCH_SECONDS (5) per round, BENCH_ROUNDS (3), BENCH_SCENARIOS ("R A B C D E F
-#   V G H I J"; R is the generated router alone, the floor under A; A also measures
-#   AL, with the access log on; C also measures C0, PostgreSQL with the read cache
-#   off). The access log is off elsewhere (RUST_LOG without `access`).
+#   V G H I J L LP S"; R is the generated router alone, the floor under A; A also
+#   measures AL, with the access log on; C also measures C0, PostgreSQL with the
+#   read cache off). The access log is off elsewhere (RUST_LOG without `access`).
+#   L and LP: BENCH_LOAD_SECONDS (30) measured after BENCH_LOAD_WARMUP (32: one
+#   long-poll hold and one Retry-After), BENCH_LOAD_ROUNDS (1), BENCH_LOAD_CLIENTS
+#   (2000), BENCH_LOAD_JOBS (20000), BENCH_LOAD_FINISH_RATE (50 a second),
+#   BENCH_LOAD_LONG_SHARE (0.2). S: BENCH_SIDE_PAIRS (2000).
 #   BENCH_COLD_RATE (45000) and BENCH_COLD_GARBAGE_RATE (90000): the highest
 #   request rates G-I and J are expected to reach; they size the token files
 #   (rate x (2 s warm-up + BENCH_SECONDS)), kept in target/bench/tokens for a day.
@@ -27,7 +37,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
-scenarios=${BENCH_SCENARIOS:-R A B C D E F V G H I J}
+scenarios=${BENCH_SCENARIOS:-R A B C D E F V G H I J L LP S}
+load_seconds=${BENCH_LOAD_SECONDS:-30}
+load_warmup=${BENCH_LOAD_WARMUP:-32}
+load_rounds=${BENCH_LOAD_ROUNDS:-1}
+load_clients=${BENCH_LOAD_CLIENTS:-2000}
+load_jobs=${BENCH_LOAD_JOBS:-20000}
+load_rate=${BENCH_LOAD_FINISH_RATE:-50}
+load_long=${BENCH_LOAD_LONG_SHARE:-0.2}
+side_pairs=${BENCH_SIDE_PAIRS:-2000}
+failed=()
 cold_rate=${BENCH_COLD_RATE:-45000}
 garbage_rate=${BENCH_COLD_GARBAGE_RATE:-90000}
 postgres=${BENCH_DATABASE_URL:-${COMPOSITIONS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
@@ -52,10 +71,13 @@ schema=
 cleanup() {
   for pid in "${children[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  [ -n "${private_pg:-}" ] && as_postgres pg_ctl -D "$private_pg/data" -m immediate -w stop >/dev/null 2>&1
   [ -n "$schema" ] && psql -q "$postgres" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+# start, as_postgres, private_postgres (shared with scale.sh).
+source "$root/bench/lib.sh"
 
 # The service as it would run: real JWT verification with the test key set. The
 # polling limit stays on the request path but never throttles (64 connections
@@ -68,28 +90,6 @@ export RUST_LOG=warn,compositions_jobs=info BENCH_LUA=$root/bench/lua
 key=$root/tests/fixtures/rsa-test-key.pem
 ed_key=$root/tests/fixtures/ed25519-test-key.pem
 client=mis-bench
-
-# start NAME COMMAND...: runs a server, waits for its address; sets $address, $pid
-# and, for the service, $admin_address (health and metrics).
-start() {
-  local name=$1
-  shift
-  "$@" >"$tmp/$name.out" 2>"$tmp/$name.err" &
-  pid=$!
-  children+=("$pid")
-  address=
-  for _ in $(seq 100); do
-    address=$(sed -n 's/.*address[^0-9]*\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/$name.out" "$tmp/$name.err" | head -1)
-    if [ -n "$address" ]; then
-      admin_address=$(sed -n 's/.*admin[^0-9]*\([0-9.]*:[0-9]*\).*/\1/p' "$tmp/$name.out" "$tmp/$name.err" | head -1)
-      return
-    fi
-    sleep 0.1
-  done
-  echo "$name did not start" >&2
-  cat "$tmp/$name.err" >&2
-  exit 1
-}
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 postgres_ticks() {
@@ -214,6 +214,38 @@ sqlite_service() {
   start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$sqlite_url"
 }
 
+# load SCENARIO DATABASE_URL [POSTMASTER_PID]: scenario L (or LP): bench-tool load
+# against bare hyper, then against a fresh service on DATABASE_URL (its default
+# polling limit on: polling at Retry-After never meets it), in alternating rounds.
+load() {
+  local scenario=$1 url=$2 postmaster=${3:-} tokens line rc service
+  echo "scenario $scenario" >&2
+  tokens=$("$bin/bench-tool" tokens --key "$key" --client-id mis-load --numbered-clients \
+    --count "$load_clients" --cache-dir "$out/tokens")
+  local common=(--tokens "$tokens" --client-prefix mis-load --clients "$load_clients" --jobs "$load_jobs"
+    --finish-rate "$load_rate" --long-poll-share "$load_long" --warmup "$load_warmup" --seconds "$load_seconds")
+  for _ in $(seq "$load_rounds"); do
+    # Each round starts from an empty store.
+    if [ -n "$postmaster" ]; then
+      psql -q "$private_url" -c "DROP SCHEMA IF EXISTS load CASCADE; CREATE SCHEMA load" >/dev/null
+    else
+      rm -f "${url#sqlite:}" "${url#sqlite:}"-*
+    fi
+    line=$("$bin/bench-tool" load --baseline --address "$baseline_address" --server-pid "$baseline_pid" "${common[@]}")
+    echo "{\"scenario\": \"$scenario\", \"target\": \"baseline\", \"clk_tck\": $(getconf CLK_TCK), \"result\": $line}" >>"$results"
+    COMPOSITIONS_POLLING__LIMIT_PER_SECOND=1 COMPOSITIONS_POLLING__LIMIT_BURST=10 \
+      start service "$bin/compositions-jobs" serve --listen 127.0.0.1:0 --database "$url"
+    service=$pid
+    rc=0
+    line=$("$bin/bench-tool" load --address "$address" --admin "$admin_address" --database "$url" \
+      --server-pid "$service" ${postmaster:+--postgres-pid "$postmaster"} "${common[@]}") || rc=$?
+    [ "$rc" = 0 ] || failed+=("$scenario")
+    echo "{\"scenario\": \"$scenario\", \"target\": \"service\", \"clk_tck\": $(getconf CLK_TCK), \"exit\": $rc, \"result\": ${line:-null}}" >>"$results"
+    kill -TERM "$service"
+    wait "$service" || true
+  done
+}
+
 for scenario in $scenarios; do
   case $scenario in
     R)
@@ -308,6 +340,28 @@ for scenario in $scenarios; do
     H) cold H 200 "$cold_rate" --key "$ed_key" --alg eddsa ;;
     I) cold I 401 "$cold_rate" --key "$key" --alg rs256 --bad-signature ;;
     J) cold J 401 "$garbage_rate" --garbage ;;
+    L)
+      mkdir -p "$tmp/load"
+      load L "sqlite:$tmp/load/jobs.db"
+      ;;
+    LP)
+      private_postgres
+      load LP "$private_url?options=-csearch_path%3Dload" "$postmaster_pid"
+      ;;
+    S)
+      # The owner polls its job (so the read cache holds it); another client asks
+      # for it and for an unknown id, in pairs.
+      echo "scenario S" >&2
+      sqlite_service
+      job=$("$bin/bench-tool" seed --database "$sqlite_url" --client-id "$client" --pending)
+      other=$("$bin/bench-tool" tokens --key "$key" --client-id mis-other)
+      rc=0
+      line=$("$bin/bench-tool" side-channel --address "$address" --job "$job" --owner-token "$BENCH_TOKEN" \
+        --other-token "$other" --pairs "$side_pairs") || rc=$?
+      [ "$rc" = 0 ] || failed+=(S)
+      echo "{\"scenario\": \"S\", \"exit\": $rc, \"result\": ${line:-null}}" >>"$results"
+      kill -TERM "$pid"
+      ;;
     *)
       echo "unknown scenario $scenario" >&2
       exit 2
@@ -318,3 +372,7 @@ done
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 python3 "$root/bench/report.py" "$results" "$commit" "$seconds" "$rounds" >"$out/report.md"
 cat "$out/report.md"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "wrong answers in scenario(s) ${failed[*]}: see above and $out/report.md" >&2
+  exit 1
+fi

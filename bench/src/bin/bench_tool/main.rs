@@ -1,5 +1,12 @@
 //! The helpers `bench/run.sh` drives: tokens, seeded jobs, idle connections and
-//! long-poll waiters. Each prints what the script needs on stdout.
+//! long-poll waiters, the realistic load (L), the side-channel probe (S) and the
+//! scale steps. Each prints what the script needs on stdout.
+
+mod client;
+mod load;
+mod measure;
+mod scale;
+mod side;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -24,7 +31,7 @@ const ISSUER: &str = "https://auth.bench.ehealth.example";
 const AUDIENCE: &str = "compositions-jobs";
 const TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-type Failed = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Failed = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
 struct Cli {
@@ -64,6 +71,9 @@ enum Command {
         /// Keep the tokens in a file in this directory (see above).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Token n acts for its own client, `<client-id>-<n>` (scenario L).
+        #[arg(long)]
+        numbered_clients: bool,
     },
     /// What verifying one new token costs, in this process, on one core: the
     /// service's whole verifier (caches off) and the signature check alone, for
@@ -120,6 +130,16 @@ enum Command {
         #[arg(long)]
         jwks: Option<PathBuf>,
     },
+    /// Scenario L: thousands of clients polling tens of thousands of jobs at their
+    /// Retry-After while a producer finishes and creates jobs; checks every
+    /// answer and prints one JSON line of measurements.
+    Load(load::LoadArgs),
+    /// Scenario S: another client's 404 for a cached job against a 404 for an
+    /// unknown id, in pairs; prints one JSON line.
+    SideChannel(side::SideArgs),
+    /// make bench-scale: RSS per idle keep-alive connection, or per long-poll
+    /// waiter (and their wake-ups); prints one JSON line.
+    Connections(scale::ConnectionsArgs),
 }
 
 #[tokio::main]
@@ -134,6 +154,7 @@ async fn main() -> Result<(), Failed> {
             bad_signature,
             garbage,
             cache_dir,
+            numbered_clients,
         } => {
             let kind = if garbage {
                 TokenKind::Garbage
@@ -147,6 +168,7 @@ async fn main() -> Result<(), Failed> {
             let spec = TokenSpec {
                 key: key.as_deref().map(std::fs::read).transpose()?,
                 client_id,
+                numbered_clients,
                 kind,
             };
             match cache_dir {
@@ -180,6 +202,9 @@ async fn main() -> Result<(), Failed> {
             server_pid,
             jwks,
         } => longpoll(address, &database, &jobs, per_job, &token, server_pid, jwks).await,
+        Command::Load(args) => load::load(args).await,
+        Command::SideChannel(args) => side::side_channel(args).await,
+        Command::Connections(args) => scale::connections(args).await,
     }
 }
 
@@ -226,6 +251,8 @@ struct TokenSpec {
     /// The PEM key's bytes (absent for garbage).
     key: Option<Vec<u8>>,
     client_id: String,
+    /// Token n is for client `<client_id>-<n>`.
+    numbered_clients: bool,
     kind: TokenKind,
 }
 
@@ -244,6 +271,15 @@ impl TokenSpec {
                 ..
             } => format!("{alg:?}-bad-signature").to_lowercase(),
             TokenKind::Garbage => "garbage".into(),
+        }
+    }
+
+    /// The client token `n` acts for.
+    fn client_of(&self, n: usize) -> String {
+        if self.numbered_clients {
+            format!("{}-{n}", self.client_id)
+        } else {
+            self.client_id.clone()
         }
     }
 
@@ -271,7 +307,12 @@ impl TokenSpec {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{}-{}-{hex}.tokens", self.label(), self.client_id)
+        let numbered = if self.numbered_clients {
+            "-numbered"
+        } else {
+            ""
+        };
+        format!("{}-{}{numbered}-{hex}.tokens", self.label(), self.client_id)
     }
 }
 
@@ -455,7 +496,7 @@ fn generate_tokens(spec: &TokenSpec, count: usize) -> Result<String, Failed> {
                             ) => {
                                 let claims = serde_json::json!({
                                     "iss": ISSUER, "aud": AUDIENCE, "sub": format!("user-{n}"),
-                                    "client_id": spec.client_id, "scope": "openid composition:read",
+                                    "client_id": spec.client_of(n), "scope": "openid composition:read",
                                     "iat": now, "exp": now + TOKEN_LIFETIME.as_secs(),
                                     "jti": format!("{batch}-{n}"),
                                 });
@@ -538,6 +579,7 @@ fn verify_cost(fixtures: &Path, count: usize) -> Result<(), Failed> {
         let spec = TokenSpec {
             key: Some(std::fs::read(fixtures.join(file))?),
             client_id: "mis-bench".into(),
+            numbered_clients: false,
             kind: TokenKind::Signed {
                 alg,
                 kid: alg.default_kid().into(),
