@@ -5,8 +5,9 @@
 //! them from memory and stays truthful through the same signals that wake long
 //! polls ([`super::Changes`]):
 //! - a transition made by this process forgets its job;
-//! - SQLite: any commit by another connection (seen by the `data_version`
-//!   watcher) forgets every PENDING job; finished jobs never change;
+//! - SQLite: after any commit by another connection (seen by the
+//!   `data_version` watcher), the jobs the log of finished jobs names since
+//!   the last look are forgotten; finished jobs never change;
 //! - PostgreSQL: each `NOTIFY` forgets its job; while the listener is down the
 //!   cache is off, and it starts empty of PENDING jobs when the listener is back.
 //!

@@ -26,7 +26,15 @@ use crate::config::JobsConfig;
 use crate::jobs::{self, Job, Link, NewJob, Outcome, State, StatusCounts, Timestamp, Transition};
 
 /// Each entry upgrades the schema by one version (`PRAGMA user_version`).
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_jobs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_jobs.sql"),
+    include_str!("../../migrations/sqlite/0002_finished_log.sql"),
+];
+
+/// How long the log of finished jobs keeps a row: far longer than any
+/// watcher lags behind while it works (a watcher that fails is down, and the
+/// cache with it, until it looks again).
+const FINISHED_LOG_KEPT: Duration = Duration::from_secs(3600);
 
 const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -95,14 +103,15 @@ impl SqliteStore {
     /// Wakes waiters whose jobs another connection (another process) finished,
     /// and keeps the read cache truthful.
     ///
-    /// Every `change_check_interval`, one `PRAGMA data_version` (it reads shared memory, not the
-    /// file) tells whether anyone else committed; only then are the cached
-    /// PENDING jobs forgotten and the waited ones looked up, in one query per
-    /// 500, and the finished ones woken. The cache serves only while this runs.
+    /// Every `change_check_interval`, one `PRAGMA data_version` (it reads shared
+    /// memory, not the file) tells whether anyone else committed; only then is
+    /// the log of finished jobs (`jobs_finished`) read past the last row seen,
+    /// and exactly those jobs are forgotten and their waiters woken. The cache
+    /// serves only while this runs.
     pub async fn watch_changes(self, mut shutdown: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(self.change_check_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut seen = None;
+        let mut seen = Seen::default();
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -127,34 +136,36 @@ impl SqliteStore {
         }
     }
 
-    fn wake_finished(&self, seen: &mut Option<i64>) -> Result<(), StoreError> {
+    fn wake_finished(&self, seen: &mut Seen) -> Result<(), StoreError> {
         let failed = |e| StoreError::backend("look for finished jobs", e);
-        let version: i64 = lock(&self.inner.watcher)
+        let watcher = lock(&self.inner.watcher);
+        let version: i64 = watcher
             .query_row("PRAGMA data_version", [], |row| row.get(0))
             .map_err(failed)?;
-        if seen.replace(version) == Some(version) {
+        if seen.version.replace(version) == Some(version) {
             return Ok(());
         }
-        self.inner.changes.cache().forget_pending();
-        for waited in self.inner.changes.waited().chunks(500) {
-            let ids: Vec<String> = waited.iter().map(Uuid::to_string).collect();
-            let placeholders = vec!["?"; ids.len()].join(", ");
-            let sql =
-                format!("SELECT id FROM jobs WHERE status = 'PENDING' AND id IN ({placeholders})");
-            let reader = self.inner.reader();
-            let mut statement = reader.prepare(&sql).map_err(failed)?;
-            let pending = statement
-                .query_map(rusqlite::params_from_iter(&ids), |row| {
-                    row.get::<_, String>(0)
+        let Some(after) = seen.finished else {
+            // The first look: what finished before it is no news to anyone.
+            let last = watcher
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM jobs_finished", [], |row| {
+                    row.get(0)
                 })
-                .and_then(Iterator::collect::<Result<std::collections::HashSet<String>, _>>)
                 .map_err(failed)?;
-            // Finished, or gone: either way the waiter should look again.
-            for (id, text) in waited.iter().zip(&ids) {
-                if !pending.contains(text) {
-                    self.inner.changes.notify(*id);
-                }
+            seen.finished = Some(last);
+            return Ok(());
+        };
+        let mut statement = watcher
+            .prepare_cached("SELECT seq, id FROM jobs_finished WHERE seq > ?1 ORDER BY seq")
+            .map_err(failed)?;
+        let mut rows = statement.query([after]).map_err(failed)?;
+        while let Some(row) = rows.next().map_err(failed)? {
+            let seq: i64 = row.get(0).map_err(failed)?;
+            let id: String = row.get(1).map_err(failed)?;
+            if let Ok(id) = id.parse() {
+                self.inner.changes.finished(id);
             }
+            seen.finished = Some(seq);
         }
         Ok(())
     }
@@ -529,10 +540,24 @@ impl JobStore for SqliteStore {
                 )
                 .and_then(|mut statement| statement.execute(params![cutoff.as_millis(), limit]))
                 .map_err(|e| StoreError::backend("purge expired jobs", e))?;
+            // The log of finished jobs, with what it no longer needs to say.
+            let kept = now.minus(FINISHED_LOG_KEPT).as_millis();
+            connection
+                .prepare_cached("DELETE FROM jobs_finished WHERE finished_at <= ?1")
+                .and_then(|mut statement| statement.execute(params![kept]))
+                .map_err(|e| StoreError::backend("purge the log of finished jobs", e))?;
             Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
         })
         .await
     }
+}
+
+/// What the change watcher has seen: the last `data_version`, and the last
+/// row of the log of finished jobs.
+#[derive(Debug, Default)]
+struct Seen {
+    version: Option<i64>,
+    finished: Option<i64>,
 }
 
 /// At most one job, with a statement prepared once per connection.
