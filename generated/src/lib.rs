@@ -103,7 +103,7 @@ pub enum GetAsyncJobStatusResponse {
     UriTooLong
     (models::ErrorEnvelope)
     ,
-    /// Too many requests: this client polls this job faster than the service allows (by default 10 at once, then 1 a second). Wait `Retry-After` seconds. eHealth has no error type for 429; this service uses `too_many_requests`. 
+    /// Too many requests: this client polls this job faster than the service allows (by default 10 at once, then 1 a second; a 304 is not counted). Wait `Retry-After` seconds. eHealth has no error type for 429; this service uses `too_many_requests`. 
     TooManyRequests
     {
         body: models::ErrorEnvelope,
