@@ -121,7 +121,7 @@ pub enum GetAsyncJobStatusResponse {
     SubordinateServiceError
     (models::ErrorEnvelope)
     ,
-    /// This instance is at its limit of open connections or of requests in flight, and sheds load rather than slow every caller down. Wait `Retry-After` seconds; a load balancer may try another instance. 
+    /// This instance is at its limit of open connections or of requests in flight, and sheds load rather than slow every caller down; or it is starting and has no usable token signing keys yet. Wait `Retry-After` seconds; a load balancer may try another instance. 
     ServiceUnavailable
     {
         body: models::ErrorEnvelope,
