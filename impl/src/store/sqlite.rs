@@ -148,9 +148,11 @@ impl SqliteStore {
         let Some(after) = seen.finished else {
             // The first look: what finished before it is no news to anyone.
             let last = watcher
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM jobs_finished", [], |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM jobs_finished",
+                    [],
+                    |row| row.get(0),
+                )
                 .map_err(failed)?;
             seen.finished = Some(last);
             return Ok(());
