@@ -56,3 +56,11 @@ private_postgres() {
   private_url=postgres://postgres@127.0.0.1:$port/postgres
 }
 
+# service_env: the service as it would run, with real JWT verification against
+# the test key set; $key signs the tokens it trusts.
+service_env() {
+  export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
+  export COMPOSITIONS_AUTH__ISSUER=https://auth.bench.ehealth.example
+  export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
+  key=$root/tests/fixtures/rsa-test-key.pem
+}

@@ -76,18 +76,14 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-# start, as_postgres, private_postgres (shared with scale.sh).
+# start, as_postgres, private_postgres, service_env (shared with scale.sh).
 source "$root/bench/lib.sh"
 
-# The service as it would run: real JWT verification with the test key set. The
-# polling limit stays on the request path but never throttles (64 connections
-# hammer one job on purpose).
-export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
-export COMPOSITIONS_AUTH__ISSUER=https://auth.bench.ehealth.example
-export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
+# The service as it would run (service_env). The polling limit stays on the
+# request path but never throttles (64 connections hammer one job on purpose).
+service_env
 export COMPOSITIONS_POLLING__LIMIT_PER_SECOND=1000000000 COMPOSITIONS_POLLING__LIMIT_BURST=1000000000
 export RUST_LOG=warn,compositions_jobs=info BENCH_LUA=$root/bench/lua
-key=$root/tests/fixtures/rsa-test-key.pem
 ed_key=$root/tests/fixtures/ed25519-test-key.pem
 client=mis-bench
 

@@ -49,13 +49,10 @@ cleanup() {
 trap cleanup EXIT
 source "$root/bench/lib.sh"
 
-export COMPOSITIONS_AUTH__JWKS=$root/tests/fixtures/jwks.json COMPOSITIONS_ADMIN_LISTEN=127.0.0.1:0
-export COMPOSITIONS_AUTH__ISSUER=https://auth.bench.ehealth.example
-export COMPOSITIONS_AUTH__AUDIENCE=compositions-jobs
+service_env
 export COMPOSITIONS_HTTP__MAX_CONNECTIONS=200000 COMPOSITIONS_HTTP__MAX_IN_FLIGHT=200000
 export COMPOSITIONS_POLLING__MAX_WAIT=120s
 export RUST_LOG=warn,compositions_jobs=info
-key=$root/tests/fixtures/rsa-test-key.pem
 
 start baseline "$bin/baseline"
 baseline_pid=$pid baseline_address=$address

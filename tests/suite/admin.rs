@@ -137,18 +137,14 @@ async fn metrics_count_what_was_served() {
     assert_eq!(ctx.get_raw("/nowhere", &[]).await.status, 404);
 
     // A long poll in flight shows as a request, a connection and a waiter.
-    let waiting = {
-        let (addr, path, token) = (ctx.addr, job_path(id), token.clone());
-        tokio::spawn(async move {
-            raw::request(
-                addr,
-                "GET",
-                &path,
-                &[("Authorization", &token), ("Prefer", "wait=2")],
-            )
-            .await
-        })
-    };
+    let waiting = raw::spawn_get(
+        ctx.addr,
+        job_path(id),
+        vec![
+            ("Authorization", token.clone()),
+            ("Prefer", "wait=2".into()),
+        ],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = ctx.metrics().await;
     let ok = r#"compositions_jobs_requests_total{operation="getAsyncJobStatus",status="200"}"#;

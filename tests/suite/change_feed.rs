@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use compositions_jobs::config::{Config, DatabaseUrl};
-use compositions_jobs::jobs::{Link, Outcome, Timestamp};
-use compositions_jobs::{Access, JobStore, Store};
+use compositions_jobs::{Access, Store};
 use compositions_tests::postgres::TestSchema;
 use compositions_tests::relay::Relay;
-use compositions_tests::{TestContext, job_path, raw, sample, tokens};
+use compositions_tests::{TestContext, complete, job_path, raw, sample, tokens};
 use uuid::Uuid;
 
 const LISTENER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,16 +78,17 @@ fn long_poll(ctx: &TestContext, job: Uuid) -> tokio::task::JoinHandle<(String, I
     })
 }
 
-async fn done(producer: &Store, id: Uuid) {
-    let link = Link::new(
-        "eHealth/resources",
-        format!("composition/{}", Uuid::new_v4()),
-    )
-    .unwrap();
-    producer
-        .finish(id, Outcome::Done(vec![link]), Timestamp::now())
-        .await
-        .unwrap();
+/// A long poll of a new job, then `producer` finishes it: how long after the
+/// finish the long poll answered.
+async fn heard_after(ctx: &TestContext, producer: &Store) -> Duration {
+    let job = ctx.create_job("mis-1").await.id;
+    let waiting = long_poll(ctx, job);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finished_at = Instant::now();
+    complete(producer, job, Uuid::new_v4()).await;
+    let (status, answered) = waiting.await.unwrap();
+    assert_eq!(status, "DONE");
+    answered - finished_at
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn a_silent_listener_is_noticed_and_long_polls_still_hear_of_transitions()
     relay.silence_listeners(true);
     let silent_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    done(&producer, job).await;
+    complete(&producer, job, Uuid::new_v4()).await;
     let (status, answered) = waiting.await.unwrap();
     assert_eq!(status, "DONE");
     let took = answered - silent_at;
@@ -137,14 +137,7 @@ async fn a_silent_listener_is_noticed_and_long_polls_still_hear_of_transitions()
 
     // Still silent: every try to listen again is silent too, and given up in
     // time; long polls keep hearing, within a try and a back-off.
-    let job = ctx.create_job("mis-1").await.id;
-    let waiting = long_poll(&ctx, job);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let finished_at = Instant::now();
-    done(&producer, job).await;
-    let (status, answered) = waiting.await.unwrap();
-    assert_eq!(status, "DONE");
-    let took = answered - finished_at;
+    let took = heard_after(&ctx, &producer).await;
     // A try: connect, then LISTEN until query_timeout; the back-off is at most 5 s.
     assert!(
         took < Duration::from_secs(2) + Duration::from_secs(5) + SLACK,
@@ -158,17 +151,10 @@ async fn a_silent_listener_is_noticed_and_long_polls_still_hear_of_transitions()
     })
     .await;
     assert!(metric(&ctx, "compositions_jobs_store_change_feed_recoveries_total").await >= 1.0);
-    let job = ctx.create_job("mis-1").await.id;
-    let waiting = long_poll(&ctx, job);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let finished_at = Instant::now();
-    done(&producer, job).await;
-    let (status, answered) = waiting.await.unwrap();
-    assert_eq!(status, "DONE");
+    let took = heard_after(&ctx, &producer).await;
     assert!(
-        answered - finished_at < Duration::from_millis(500),
-        "{:?} once the feed is back",
-        answered - finished_at
+        took < Duration::from_millis(500),
+        "{took:?} once the feed is back"
     );
     producer.close();
 }

@@ -370,16 +370,14 @@ async fn every_answer_states_the_status_the_spec_gives_it() {
     let bearer2 = format!("Bearer {}", tokens::valid("mis-2"));
     let held: Vec<_> = (0..2)
         .map(|_| {
-            let (other, bearer2) = (other.clone(), bearer2.clone());
-            tokio::spawn(async move {
-                raw::request(
-                    addr,
-                    "GET",
-                    &other,
-                    &[("Authorization", &bearer2), ("Prefer", "wait=3")],
-                )
-                .await
-            })
+            raw::spawn_get(
+                addr,
+                other.clone(),
+                vec![
+                    ("Authorization", bearer2.clone()),
+                    ("Prefer", "wait=3".into()),
+                ],
+            )
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;

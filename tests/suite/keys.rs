@@ -42,6 +42,22 @@ fn from_issuer(server: &JwksServer) -> impl FnOnce(&mut Config) + use<> {
     }
 }
 
+/// A service on `issuer` that fetches only at start and when a test asks (its
+/// refresh bounds are far off), once it is ready.
+async fn ready_without_refreshes(issuer: &JwksServer) -> TestContext {
+    let ctx = TestContext::with_config(|config| {
+        from_issuer(issuer)(config);
+        config.auth.jwks_refresh_min = Duration::from_secs(600);
+        config.auth.jwks_refresh_max = Duration::from_secs(600);
+    })
+    .await;
+    eventually("ready", Duration::from_secs(10), || async {
+        ready(&ctx).await.0 == 200
+    })
+    .await;
+    ctx
+}
+
 async fn ready(ctx: &TestContext) -> (u16, serde_json::Value) {
     let response = raw::request(ctx.admin_addr(), "GET", "/health/ready", &[]).await;
     (response.status, response.json())
@@ -173,16 +189,7 @@ async fn an_issuer_whose_certificate_another_ca_signed_is_never_trusted() {
 async fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     let key = FreshKey::new("k1");
     let issuer = JwksServer::start(Answer::keys(&[key.jwk()], None)).await;
-    let ctx = TestContext::with_config(|config| {
-        from_issuer(&issuer)(config);
-        config.auth.jwks_refresh_min = Duration::from_secs(600);
-        config.auth.jwks_refresh_max = Duration::from_secs(600);
-    })
-    .await;
-    eventually("ready", Duration::from_secs(10), || async {
-        ready(&ctx).await.0 == 200
-    })
-    .await;
+    let ctx = ready_without_refreshes(&issuer).await;
     let job = ctx.create_job("mis-1").await.id;
     let started = Instant::now();
     let mut sent = 0;
@@ -212,17 +219,7 @@ async fn a_misbehaving_issuer_never_stalls_a_request_nor_replaces_good_keys() {
     let elsewhere_key = FreshKey::new("elsewhere");
     let elsewhere = JwksServer::start(Answer::keys(&[elsewhere_key.jwk()], None)).await;
     let issuer = JwksServer::start(Answer::keys(&[key.jwk()], None)).await;
-    let ctx = TestContext::with_config(|config| {
-        from_issuer(&issuer)(config);
-        // Only the fetches the test asks for.
-        config.auth.jwks_refresh_min = Duration::from_secs(600);
-        config.auth.jwks_refresh_max = Duration::from_secs(600);
-    })
-    .await;
-    eventually("ready", Duration::from_secs(10), || async {
-        ready(&ctx).await.0 == 200
-    })
-    .await;
+    let ctx = ready_without_refreshes(&issuer).await;
     let job = ctx.create_job("mis-1").await.id;
     let token = key.token("mis-1");
     let mut weak = tokens::trusted_jwk("test-rsa");

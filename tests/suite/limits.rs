@@ -118,16 +118,14 @@ async fn requests_just_over_the_in_flight_limit_get_503() {
     // Two long polls hold both places.
     let waiting: Vec<_> = (0..2)
         .map(|_| {
-            let (addr, path, token) = (ctx.addr, path.clone(), token.clone());
-            tokio::spawn(async move {
-                raw::request(
-                    addr,
-                    "GET",
-                    &path,
-                    &[("Authorization", &token), ("Prefer", "wait=2")],
-                )
-                .await
-            })
+            raw::spawn_get(
+                ctx.addr,
+                path.clone(),
+                vec![
+                    ("Authorization", token.clone()),
+                    ("Prefer", "wait=2".into()),
+                ],
+            )
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;

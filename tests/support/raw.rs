@@ -65,6 +65,22 @@ pub async fn request(
     send(addr, &head(addr, method, path, headers)).await
 }
 
+/// [`request`] `GET path` in a task of its own: a long poll the test holds
+/// while it goes on.
+pub fn spawn_get(
+    addr: SocketAddr,
+    path: String,
+    headers: Vec<(&'static str, String)>,
+) -> tokio::task::JoinHandle<RawResponse> {
+    tokio::spawn(async move {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        request(addr, "GET", &path, &headers).await
+    })
+}
+
 /// Sends raw bytes and parses whatever comes back until the server closes.
 pub async fn send(addr: SocketAddr, bytes: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -203,6 +203,16 @@ mod tests {
         }
     }
 
+    fn done_at(finished_at: Timestamp) -> Job {
+        job(
+            "mis-1",
+            State::Done {
+                links: vec![Link::new("e", "composition/x").unwrap_or_else(|e| panic!("{e}"))],
+                finished_at,
+            },
+        )
+    }
+
     fn live_cache() -> JobCache {
         let cache = JobCache::new(10, Duration::from_secs(60), TTL);
         cache.set_live(true);
@@ -230,13 +240,7 @@ mod tests {
             "unknown: ask the database"
         );
 
-        let done = job(
-            "mis-1",
-            State::Done {
-                links: vec![Link::new("e", "composition/x").unwrap_or_else(|e| panic!("{e}"))],
-                finished_at: now,
-            },
-        );
+        let done = done_at(now);
         cache.forget(done.id);
         cache.insert(&done, cache.ticket());
         assert_eq!(
@@ -292,13 +296,7 @@ mod tests {
             "no confirmation for longer than max_age"
         );
         // A finished job ages by its read alone: its purge is not on the feed.
-        let done = job(
-            "mis-1",
-            State::Done {
-                links: vec![Link::new("e", "composition/x").unwrap_or_else(|e| panic!("{e}"))],
-                finished_at: now,
-            },
-        );
+        let done = done_at(now);
         cache.forget(done.id);
         cache.insert(&done, cache.ticket());
         std::thread::sleep(Duration::from_millis(40));

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use compositions_jobs::jobs::{Failure, Kind, Link, NewJob, Outcome, Timestamp};
+use compositions_jobs::jobs::{Kind, NewJob, Timestamp};
 use compositions_jobs::{JobStore, Store};
 use uuid::Uuid;
 
@@ -388,15 +388,8 @@ async fn produce(
         let _ = job.fate.set(fate);
         if let Some(store) = &shared.store {
             let outcome = match fate {
-                Fate::Done => Outcome::Done(vec![Link::new(
-                    "eHealth/resources",
-                    format!("composition/{}", Uuid::new_v4()),
-                )?]),
-                Fate::Failed => Outcome::Failed(Failure::new(
-                    1127,
-                    "FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS",
-                    "Already exists",
-                )?),
+                Fate::Done => crate::done()?,
+                Fate::Failed => crate::failed()?,
             };
             store.finish(job.id, outcome, Timestamp::now()).await?;
         }

@@ -647,23 +647,10 @@ async fn seed(database: &str, client_id: &str, count: usize, pending: bool) -> R
         match (pending, n % 3) {
             (true, _) | (false, 0) => {}
             (false, 1) => {
-                let link = Link::new(
-                    "eHealth/resources",
-                    format!("composition/{}", Uuid::new_v4()),
-                )?;
-                store
-                    .finish(id, Outcome::Done(vec![link]), Timestamp::now())
-                    .await?;
+                store.finish(id, done()?, Timestamp::now()).await?;
             }
             _ => {
-                let failure = Failure::new(
-                    1127,
-                    "FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS",
-                    "Already exists",
-                )?;
-                store
-                    .finish(id, Outcome::Failed(failure), Timestamp::now())
-                    .await?;
+                store.finish(id, failed()?, Timestamp::now()).await?;
             }
         }
         println!("{id}");
@@ -779,14 +766,9 @@ async fn longpoll(
 
     let mut finished = Vec::with_capacity(ids.len());
     for id in &ids {
-        let link = Link::new(
-            "eHealth/resources",
-            format!("composition/{}", Uuid::new_v4()),
-        )?;
+        let outcome = done()?;
         let at = Instant::now();
-        store
-            .finish(*id, Outcome::Done(vec![link]), Timestamp::now())
-            .await?;
+        store.finish(*id, outcome, Timestamp::now()).await?;
         finished.push(at);
         // Spread the transitions, as producers would.
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -816,4 +798,22 @@ async fn longpoll(
         at(1.0).as_secs_f64() * 1e3,
     );
     Ok(())
+}
+
+/// DONE with a link to a new composition, as a producer finishes a job.
+fn done() -> Result<Outcome, Failed> {
+    let link = Link::new(
+        "eHealth/resources",
+        format!("composition/{}", Uuid::new_v4()),
+    )?;
+    Ok(Outcome::Done(vec![link]))
+}
+
+/// FAILED as eHealth refuses a second final composition for an encounter.
+fn failed() -> Result<Outcome, Failed> {
+    Ok(Outcome::Failed(Failure::new(
+        1127,
+        "FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS",
+        "Already exists",
+    )?))
 }
