@@ -174,6 +174,8 @@ def per_poll(line):
         "cpu": r["cpu_ticks"] * tick_us / polls,
         "pg": r["postgres_ticks"] * tick_us / polls,
         "pg_producer": r["postgres_producer_ticks"] * tick_us / polls,
+        # Builds before the split counted the service's connections with the background.
+        "pg_service": r.get("postgres_service_ticks", r["postgres_ticks"] - r["postgres_producer_ticks"]) * tick_us / polls,
         "reads": r["database_reads"] / max(r["server_polls"], 1),
     }
 
@@ -199,10 +201,15 @@ def load(lines):
         checks = [f"CPU {ratio:.2f}× ≤ {LOAD_CPU_RATIO}×: " + ("pass" if ratio <= LOAD_CPU_RATIO else "**FAIL**")]
         pg = "—"
         if scenario == "LP":
-            pg = (f"{s['pg']:.1f} (of which the producer's connections {s['pg_producer']:.1f}; "
-                  f"without them {s['pg'] - s['pg_producer']:.1f})")
-            checks.append(f"PostgreSQL {s['pg']:.1f} µs ≤ {LOAD_POSTGRES_US:g} µs: "
-                          + ("pass" if s["pg"] <= LOAD_POSTGRES_US else "**FAIL**"))
+            # The producer's own connections do the writes, which cost the same
+            # with or without a service polling; what polling costs PostgreSQL is
+            # the rest: the service's connections, and the background processes
+            # (WAL writer, checkpointer, autovacuum), counted against it in full.
+            polling = s["pg"] - s["pg_producer"]
+            pg = (f"{polling:.1f}: the service's connections {s['pg_service']:.1f}, the background "
+                  f"{polling - s['pg_service']:.1f} (and the producer's own {s['pg_producer']:.1f})")
+            checks.append(f"PostgreSQL {polling:.1f} µs ≤ {LOAD_POSTGRES_US:g} µs: "
+                          + ("pass" if polling <= LOAD_POSTGRES_US else "**FAIL**"))
         checks.append("answers: " + ("all correct" if not wrong else f"**{wrong} wrong: FAIL**"))
         kinds = {}
         for l in service:

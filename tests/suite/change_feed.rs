@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use compositions_jobs::config::{Config, DatabaseUrl};
-use compositions_jobs::{Access, Store};
+use compositions_jobs::{Access, JobStore, Store};
 use compositions_tests::postgres::TestSchema;
 use compositions_tests::relay::Relay;
 use compositions_tests::{TestContext, complete, job_path, raw, sample, tokens};
@@ -186,4 +186,149 @@ async fn a_server_that_never_answers_the_start_up_is_given_up_in_time() {
         "gave up after {:?}",
         started.elapsed()
     );
+}
+
+/// The reads of the polling path that reached the database so far.
+async fn reads(ctx: &TestContext) -> f64 {
+    metric(ctx, "compositions_jobs_store_read_duration_seconds_count").await
+}
+
+/// The owner's poll of `job`: its status and body.
+async fn poll(ctx: &TestContext, job: Uuid) -> (u16, serde_json::Value) {
+    let bearer = format!("Bearer {}", tokens::valid("mis-1"));
+    let response = raw::request(
+        ctx.addr,
+        "GET",
+        &job_path(job),
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    let body = if response.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        response.json()
+    };
+    (response.status, body)
+}
+
+/// Until the read cache answers `job` for its owner as the database does.
+async fn until_cached_as_stored(ctx: &TestContext, job: Uuid) {
+    until(
+        "the announcement is taken",
+        Duration::from_secs(5),
+        async || {
+            let now = compositions_jobs::jobs::Timestamp::now();
+            let cached = ctx.server_store().cached(job, "mis-1", now);
+            let stored = ctx.store.get(job).await.unwrap();
+            cached.is_some_and(|cached| cached == stored)
+        },
+    )
+    .await;
+}
+
+/// PostgreSQL announces every new and finished row whole, and every deleted
+/// id: the read cache takes them as they come, exactly as the database holds
+/// them, and the polls that follow need no read.
+#[tokio::test]
+async fn announced_rows_are_answered_from_memory_as_the_database_holds_them() {
+    let Some(schema) = TestSchema::create().await else {
+        return;
+    };
+    let ctx = TestContext::with_config(|config| configure(config, schema.url.clone())).await;
+    until("the feed is up", Duration::from_secs(5), async || {
+        metric(&ctx, "compositions_jobs_store_change_feed_up").await == 1.0
+    })
+    .await;
+
+    // Created by another process: its first poll is answered from memory.
+    let job = ctx.create_job("mis-1").await.id;
+    until_cached_as_stored(&ctx, job).await;
+    let before = reads(&ctx).await;
+    assert_eq!(poll(&ctx, job).await.1["data"]["status"], "PENDING");
+
+    // Finished by a producer's plain SQL, with text the JSON must carry intact.
+    let message = "Висновок уже існує: \"quotes\", \\ and \u{1F600}";
+    schema
+        .execute(&format!(
+            "UPDATE jobs SET status = 'FAILED', finished_at = now(), error_code = 1127, \
+             error_type = 'FINAL_COMPOSITION_FOR_ENCOUNTER_ALREADY_EXISTS', \
+             error_message = '{message}' WHERE id = '{job}' AND status = 'PENDING'"
+        ))
+        .await
+        .unwrap();
+    until_cached_as_stored(&ctx, job).await;
+    let (status, body) = poll(&ctx, job).await;
+    assert_eq!(
+        (status, body["data"]["status"].as_str()),
+        (200, Some("FAILED"))
+    );
+    assert_eq!(body["data"]["error"]["message"], message);
+    assert_eq!(reads(&ctx).await, before, "no poll read the database");
+
+    // A finished row too long to announce is announced by its id: read.
+    let long = ctx.create_job("mis-1").await.id;
+    until_cached_as_stored(&ctx, long).await;
+    let links = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"entity": "eHealth/resources", "href": "composition/{}-{i}"}}"#,
+                Uuid::new_v4()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(links.len() > 8000);
+    schema
+        .execute(&format!(
+            "UPDATE jobs SET status = 'DONE', finished_at = now(), links = '[{links}]' \
+             WHERE id = '{long}'"
+        ))
+        .await
+        .unwrap();
+    until(
+        "the long row is forgotten",
+        Duration::from_secs(5),
+        async || {
+            let now = compositions_jobs::jobs::Timestamp::now();
+            ctx.server_store().cached(long, "mis-1", now).is_none()
+        },
+    )
+    .await;
+    let before = reads(&ctx).await;
+    let (status, body) = poll(&ctx, long).await;
+    assert_eq!(
+        (status, body["data"]["links"].as_array().map(Vec::len)),
+        (200, Some(100))
+    );
+    assert_eq!(reads(&ctx).await, before + 1.0);
+
+    // Deleted by hand: forgotten, and the next poll finds nothing.
+    schema
+        .execute(&format!("DELETE FROM jobs WHERE id = '{job}'"))
+        .await
+        .unwrap();
+    until(
+        "the deleted job is gone",
+        Duration::from_secs(5),
+        async || poll(&ctx, job).await.0 == 404,
+    )
+    .await;
+
+    // A bulk load is not announced: its jobs are read on their first poll.
+    let bulk = Uuid::new_v4();
+    schema
+        .execute(&format!(
+            "INSERT INTO jobs (id, client_id, kind, status, eta, created_at) \
+             SELECT CASE WHEN n = 0 THEN '{bulk}'::uuid ELSE gen_random_uuid() END, \
+             'mis-1', 'create', 'PENDING', now(), now() FROM generate_series(0, 100) AS n"
+        ))
+        .await
+        .unwrap();
+    // Announcements come in commit order: once a later job is in, the bulk
+    // load's would have been too.
+    let later = ctx.create_job("mis-1").await.id;
+    until_cached_as_stored(&ctx, later).await;
+    let now = compositions_jobs::jobs::Timestamp::now();
+    assert_eq!(ctx.server_store().cached(bulk, "mis-1", now), None);
+    assert_eq!(poll(&ctx, bulk).await.1["data"]["status"], "PENDING");
 }

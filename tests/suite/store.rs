@@ -472,6 +472,62 @@ async fn the_schema_refuses_illegal_rows_from_any_writer() {
 }
 
 #[tokio::test]
+async fn the_schema_refuses_every_change_but_the_transition() {
+    for backend in backends().await {
+        println!("backend: {}", backend.name);
+        let store = &backend.store;
+        let now = Timestamp::now();
+        let pending = store
+            .create(new_job("mis-1", None), now)
+            .await
+            .unwrap()
+            .job
+            .id;
+        let finished = store
+            .create(new_job("mis-1", None), now)
+            .await
+            .unwrap()
+            .job
+            .id;
+        store.finish(finished, done("a"), now).await.unwrap();
+        let refused = [
+            format!("UPDATE jobs SET links = '[]' WHERE id = '{finished}'"),
+            format!(
+                "UPDATE jobs SET status = 'PENDING', finished_at = NULL, links = NULL WHERE id = '{finished}'"
+            ),
+            format!("UPDATE jobs SET client_id = 'mis-2' WHERE id = '{pending}'"),
+            format!("UPDATE jobs SET eta = created_at WHERE id = '{pending}'"),
+            format!("UPDATE jobs SET dedup_hash = 'h' WHERE id = '{pending}'"),
+        ];
+        for sql in &refused {
+            let error = execute(&backend, sql).await.expect_err(sql);
+            assert!(
+                error.contains("the only change a job may have is PENDING to DONE or FAILED"),
+                "{sql}: {error}"
+            );
+        }
+        assert_eq!(
+            store.get(finished).await.unwrap().unwrap().state.status(),
+            Status::Done
+        );
+        // The transition itself, as a producer writes it.
+        let finished_at = match backend._database {
+            Database::Sqlite(_) => "1",
+            Database::Postgres(_) => "now()",
+        };
+        execute(
+            &backend,
+            &format!(
+                "UPDATE jobs SET status = 'FAILED', finished_at = {finished_at}, error_code = 1, \
+                 error_type = 'X', error_message = 'm' WHERE id = '{pending}' AND status = 'PENDING'"
+            ),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_database_from_a_newer_version_is_refused() {
     for backend in backends().await {
         println!("backend: {}", backend.name);

@@ -6,20 +6,24 @@
 //! polls ([`super::Changes`]):
 //! - a transition made by this process forgets its job;
 //! - SQLite: after any commit by another connection (seen by the
-//!   `data_version` watcher), the jobs the log of finished jobs names since
-//!   the last look are forgotten; finished jobs never change;
-//! - PostgreSQL: each `NOTIFY` forgets its job; while the listener is down the
-//!   cache is off, and it starts empty of PENDING jobs when the listener is back.
+//!   `data_version` watcher), the jobs the log of finished and deleted jobs
+//!   names since the last look are forgotten;
+//! - PostgreSQL: each new and each finished row is announced whole by `NOTIFY`
+//!   and taken as it comes, so the polls that follow need no read (a finished
+//!   row too long to carry is forgotten instead), and deleted rows are
+//!   announced by id and forgotten; while the listener is down the cache is
+//!   off, and it starts empty of PENDING jobs when the listener is back.
 //!
-//! A PENDING entry is as fresh as the later of its read and the feed's last
-//! confirmation ([`JobCache::confirm`]): the moment up to which every change is
-//! known to have been heard (a SQLite watcher tick that saw nothing new, a
-//! PostgreSQL heartbeat `NOTIFY` that came back through the listener behind
-//! every notification before it). So it lives as long as the feed keeps
-//! confirming, and a poll never lags a transition by more than `max_age`,
-//! whatever happens: a feed that stops confirming lets its entries age out. A
-//! finished entry is as fresh as its read: its only change, the purge, is not
-//! on the feed.
+//! The triggers refuse every other change to a row (only `PENDING → DONE` or
+//! `FAILED` is an update), so an entry is as fresh as the later of its read
+//! and the feed's last confirmation ([`JobCache::confirm`]): the moment up to
+//! which every change is known to have been heard (a SQLite watcher tick that
+//! saw nothing new, a PostgreSQL heartbeat `NOTIFY` that came back through the
+//! listener behind every notification before it). So it lives as long as the
+//! feed keeps confirming, and a poll never lags a change by more than
+//! `max_age`, whatever happens: a feed that stops confirming lets its entries
+//! age out. A finished job's expiry, `jobs.ttl` after `finished_at`, is
+//! applied on the way out by the rule the purge uses.
 //!
 //! The cache serves only while a change feed runs (`live`), so the CLI and a
 //! store without one always read the database. Only found jobs are kept, and a
@@ -105,12 +109,8 @@ impl JobCache {
             .nanos(Instant::now())
             .saturating_sub(u64::try_from(self.max_age.as_nanos()).unwrap_or(u64::MAX));
         let confirmed = self.confirmed.load(Ordering::Acquire);
-        // A confirmation vouches for PENDING jobs only: the feed reports their
-        // one change, the finish, but not a purge of a finished job.
-        let fresh = |entry: &Entry| match entry.job.state {
-            State::Pending { .. } => entry.read_at.max(confirmed) >= oldest,
-            State::Done { .. } | State::Failed { .. } => entry.read_at >= oldest,
-        };
+        // Every change a row can have (its finish, its deletion) is on the feed.
+        let fresh = |entry: &Entry| entry.read_at.max(confirmed) >= oldest;
         let entry = self
             .entries
             .get(&id, fresh)
@@ -150,6 +150,25 @@ impl JobCache {
         );
     }
 
+    /// `job` has just been created: kept as if just read, unless the cache
+    /// holds it already (from a read at least as recent).
+    pub fn insert_created(&self, job: Job) {
+        if !self.live.load(Ordering::Acquire) {
+            return;
+        }
+        let read_at = self.nanos(Instant::now());
+        let _writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.entries.get(&job.id, |_| true).is_none() {
+            self.entries.insert(
+                job.id,
+                Entry {
+                    job: Arc::new(job),
+                    read_at,
+                },
+            );
+        }
+    }
+
     /// Every change made before `at` has been heard: entries are as fresh as
     /// that, whenever they were read.
     pub fn confirm(&self, at: Instant) {
@@ -159,6 +178,25 @@ impl JobCache {
     /// Forgets `id`: it has just changed.
     pub fn forget(&self, id: Uuid) {
         self.invalidate(|| self.entries.remove(&id));
+    }
+
+    /// `job` has just changed to this state: an entry for it takes the new
+    /// one, as if just read (and a read in flight, which may have seen the
+    /// old, is not kept). A job not in the cache stays out of it: this
+    /// instance may never be asked for it.
+    pub fn replace(&self, job: Job) {
+        let read_at = self.nanos(Instant::now());
+        self.invalidate(|| {
+            if self.entries.get(&job.id, |_| true).is_some() {
+                self.entries.insert(
+                    job.id,
+                    Entry {
+                        job: Arc::new(job),
+                        read_at,
+                    },
+                );
+            }
+        });
     }
 
     /// Forgets every PENDING job: any of them may have changed.
@@ -295,18 +333,47 @@ mod tests {
             None,
             "no confirmation for longer than max_age"
         );
-        // A finished job ages by its read alone: its purge is not on the feed.
+        // A finished job too, until it expires.
         let done = done_at(now);
         cache.forget(done.id);
         cache.insert(&done, cache.ticket());
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(20));
         cache.confirm(Instant::now());
-        assert_eq!(cache.get(done.id, "mis-1", now), None);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(cache.get(done.id, "mis-1", now), Some(Some(done.clone())));
+        assert_eq!(cache.get(done.id, "mis-1", now.plus(TTL)), Some(None));
         // A confirmation older than the entry's read changes nothing.
         let before = Instant::now();
         cache.insert(&pending, cache.ticket());
         cache.confirm(before);
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(cache.get(pending.id, "mis-1", now), None);
+    }
+
+    #[test]
+    fn an_announced_job_is_taken_without_a_read() {
+        let cache = live_cache();
+        let now = Timestamp::from_millis(0);
+        let pending = job("mis-1", State::Pending { eta: now });
+        // A new job: kept. A finish replaces only what is there.
+        cache.insert_created(pending.clone());
+        assert_eq!(
+            cache.get(pending.id, "mis-1", now),
+            Some(Some(pending.clone()))
+        );
+        let done = done_at(now);
+        cache.replace(done.clone());
+        assert_eq!(cache.get(done.id, "mis-1", now), Some(Some(done.clone())));
+        // A late announcement of its creation does not undo the finish.
+        cache.insert_created(pending.clone());
+        assert_eq!(cache.get(done.id, "mis-1", now), Some(Some(done.clone())));
+        // A job this instance never held stays out, and a read in flight
+        // across a replacement is not kept.
+        let ticket = cache.ticket();
+        cache.forget(done.id);
+        cache.replace(done.clone());
+        assert_eq!(cache.get(done.id, "mis-1", now), None);
+        cache.insert(&pending, ticket);
+        assert_eq!(cache.get(done.id, "mis-1", now), None);
     }
 }

@@ -6,7 +6,7 @@
 //! when another process wrote, the PostgreSQL listener on `NOTIFY`. A signal lives
 //! only while someone waits for its job, so memory follows the waiters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::cache::JobCache;
+use crate::jobs::Job;
 
 /// The jobs someone waits for and their signals, and the read cache that the same
 /// changes invalidate.
@@ -22,6 +23,9 @@ pub struct Changes {
     signals: Mutex<HashMap<Uuid, watch::Sender<()>>>,
     cache: JobCache,
     feed: Feed,
+    /// Jobs this process finished whose announcement has not come back yet:
+    /// their announcement of creation, if still on its way, is stale.
+    unheard: Mutex<HashSet<Uuid>>,
 }
 
 /// Whether the change feed (SQLite's watcher, PostgreSQL's NOTIFY listener)
@@ -85,6 +89,7 @@ impl Changes {
             signals: Mutex::default(),
             cache,
             feed: Feed::default(),
+            unheard: Mutex::default(),
         }
     }
 
@@ -104,6 +109,8 @@ impl Changes {
             self.cache.set_live(true);
         } else {
             self.cache.set_live(false);
+            // Their announcements are lost with the feed.
+            self.unheard().clear();
         }
         self.notify_all();
         let was = self.feed.up.swap(up, Ordering::AcqRel);
@@ -128,8 +135,49 @@ impl Changes {
     /// `id` has just finished: forget it, then wake its waiters (in that order,
     /// so that they read the new state).
     pub fn finished(&self, id: Uuid) {
+        self.unheard().remove(&id);
         self.cache.forget(id);
         self.notify(id);
+    }
+
+    /// `id` has just finished by this process's own write: as
+    /// [`Changes::finished`], and until the feed announces the finish, an
+    /// announcement of the job's creation (still on its way) is not taken.
+    pub fn finished_here(&self, id: Uuid) {
+        self.unheard().insert(id);
+        self.cache.forget(id);
+        self.notify(id);
+    }
+
+    /// `job` has just been created elsewhere: the cache keeps it, so that its
+    /// first poll needs no read.
+    pub fn created(&self, job: Job) {
+        // Held while the cache takes it, so that `finished_here` comes wholly
+        // before (and the job is not taken) or after (and forgets it).
+        let unheard = self.unheard();
+        if !unheard.contains(&job.id) {
+            self.cache.insert_created(job);
+        }
+    }
+
+    /// `job` has just finished as given: the cache takes the new state, then
+    /// its waiters wake (and find it there).
+    pub fn finished_as(&self, job: Job) {
+        let id = job.id;
+        self.unheard().remove(&id);
+        self.cache.replace(job);
+        self.notify(id);
+    }
+
+    /// Something changed, but what is not known: every PENDING job is
+    /// forgotten, and every waiter looks for itself.
+    pub fn unknown_change(&self) {
+        self.cache.forget_pending();
+        self.notify_all();
+    }
+
+    fn unheard(&self) -> MutexGuard<'_, HashSet<Uuid>> {
+        self.unheard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn signals(&self) -> MutexGuard<'_, HashMap<Uuid, watch::Sender<()>>> {
@@ -235,5 +283,38 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter.changed())
             .await
             .unwrap_or_else(|_| panic!("the notification was lost"));
+    }
+
+    #[test]
+    fn a_creation_announced_after_this_process_finished_the_job_is_not_taken() {
+        let cache = JobCache::new(
+            10,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(60),
+        );
+        cache.set_live(true);
+        let changes = Changes::new(cache);
+        let job = Job {
+            id: Uuid::from_u128(7),
+            client_id: "mis-1".into(),
+            kind: crate::jobs::Kind::Create,
+            state: crate::jobs::State::Pending {
+                eta: crate::jobs::Timestamp::from_millis(0),
+            },
+            created_at: crate::jobs::Timestamp::from_millis(0),
+            dedup_hash: None,
+        };
+        let now = crate::jobs::Timestamp::from_millis(0);
+        changes.finished_here(job.id);
+        changes.created(job.clone());
+        assert_eq!(
+            changes.cache().get(job.id, "mis-1", now),
+            None,
+            "stale: not taken"
+        );
+        // Once the finish has been heard, announcements are taken again.
+        changes.finished(job.id);
+        changes.created(job.clone());
+        assert_eq!(changes.cache().get(job.id, "mis-1", now), Some(Some(job)));
     }
 }

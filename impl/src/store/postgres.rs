@@ -32,20 +32,23 @@ use super::{
     outcome_columns,
 };
 use crate::config::{JobsConfig, PostgresConfig, PostgresTls, SslMode, split_postgres_url};
-use crate::jobs::{self, Job, Link, NewJob, Outcome, State, StatusCounts, Timestamp, Transition};
+use crate::jobs::{
+    self, Job, Link, NewJob, Outcome, State, Status, StatusCounts, Timestamp, Transition,
+};
 use crate::tls::{self, TlsFiles, Verify};
 
 /// Each entry upgrades the schema by one version (`jobs_schema_version`).
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_jobs.sql"),
     include_str!("../../migrations/postgres/0002_notify_finished.sql"),
+    include_str!("../../migrations/postgres/0003_announce_rows.sql"),
 ];
 
-/// The channel the trigger of `0002_notify_finished.sql` notifies; a macro so that
-/// `LISTEN` can be a `&'static str`.
+/// The channel on which the triggers of `0003_announce_rows.sql` announce each
+/// new and each finished row; a macro so that `LISTEN` can be a `&'static str`.
 macro_rules! notify_channel {
     () => {
-        "jobs_finished"
+        "jobs_changed"
     };
 }
 
@@ -289,8 +292,8 @@ impl PostgresStore {
                             if notification.payload() == number.to_string() {
                                 changes.cache().confirm(at);
                             }
-                        } else if let Ok(id) = notification.payload().parse() {
-                            changes.finished(id);
+                        } else {
+                            announced(changes, notification.payload());
                         }
                     }
                     Some(Ok(_)) => {}
@@ -423,6 +426,90 @@ impl PostgresStore {
             tx.commit().await.map_err(failed)
         })
         .await
+    }
+}
+
+/// A `jobs_changed` notification (`0003_announce_rows.sql`).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Announcement {
+    /// Jobs deleted (by the purge, or by hand).
+    Deleted { deleted: Vec<Uuid> },
+    /// A new or finished job.
+    Row(Box<Announced>),
+}
+
+/// A new or finished row, times in milliseconds, or a finished row's id alone
+/// when it was too long to send.
+#[derive(serde::Deserialize)]
+struct Announced {
+    id: Uuid,
+    client_id: Option<String>,
+    kind: Option<String>,
+    status: Option<String>,
+    eta: Option<i64>,
+    links: Option<Vec<Link>>,
+    error_code: Option<i32>,
+    error_type: Option<String>,
+    error_message: Option<String>,
+    dedup_hash: Option<String>,
+    created_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl Announced {
+    /// The job as announced, when the row came whole.
+    fn into_job(self) -> Option<Result<Job, StoreError>> {
+        let time = Timestamp::from_millis;
+        let row = Row {
+            id: self.id,
+            client_id: self.client_id?,
+            kind: self.kind?,
+            status: self.status?,
+            eta: time(self.eta?),
+            links: self.links,
+            error_code: self.error_code,
+            error_type: self.error_type,
+            error_message: self.error_message,
+            dedup_hash: self.dedup_hash,
+            created_at: time(self.created_at?),
+            finished_at: self.finished_at.map(time),
+        };
+        Some(row.into_job())
+    }
+}
+
+/// Applies one announcement: the read cache takes the new job or the finished
+/// state (given a finished job's id alone, or a deleted job's, it forgets the
+/// job), and the job's waiters wake. One that cannot be read says that
+/// something changed, but not what: every PENDING job is forgotten and every
+/// waiter looks.
+fn announced(changes: &Changes, payload: &str) {
+    let announced = match serde_json::from_str::<Announcement>(payload) {
+        Ok(Announcement::Row(announced)) => announced,
+        Ok(Announcement::Deleted { deleted }) => {
+            for id in deleted {
+                changes.finished(id);
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "an unreadable notification of a job");
+            changes.unknown_change();
+            return;
+        }
+    };
+    let id = announced.id;
+    match announced.into_job() {
+        Some(Ok(job)) if job.state.status() == Status::Pending => changes.created(job),
+        Some(Ok(job)) => changes.finished_as(job),
+        // Only a finished row comes without its columns.
+        None => changes.finished(id),
+        Some(Err(e)) => {
+            tracing::warn!(error = %crate::chain::ErrorChain(&e),
+                "a notification of a job breaks the lifecycle rules");
+            changes.finished(id);
+        }
     }
 }
 
@@ -571,7 +658,7 @@ impl JobStore for PostgresStore {
         // The trigger's NOTIFY reaches this instance too; waking now saves the trip.
         .inspect(|finished| {
             if finished.transition == Transition::Apply {
-                self.changes.finished(id);
+                self.changes.finished_here(id);
             }
         })
     }

@@ -29,6 +29,7 @@ use crate::jobs::{self, Job, Link, NewJob, Outcome, State, StatusCounts, Timesta
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_jobs.sql"),
     include_str!("../../migrations/sqlite/0002_finished_log.sql"),
+    include_str!("../../migrations/sqlite/0003_every_change_logged.sql"),
 ];
 
 /// How long the log of finished jobs keeps a row: far longer than any

@@ -671,7 +671,7 @@ fn check(
 /// The counters read at each end of the window.
 struct Snapshot {
     cpu_ticks: u64,
-    postgres_ticks: (u64, u64),
+    postgres_ticks: measure::InstanceTicks,
     counters: Counters,
     answers: u64,
 }
@@ -692,7 +692,7 @@ impl Snapshot {
         let postgres_ticks = shared
             .args
             .postgres_pid
-            .map_or((0, 0), |pid| measure::instance_ticks(pid, ports));
+            .map_or_else(Default::default, |pid| measure::instance_ticks(pid, ports));
         let answers = shared.answers.load(Ordering::Relaxed);
         let counters = match before {
             Some(counters) => counters,
@@ -728,6 +728,7 @@ fn report(
     let errors = shared.errors.load(Ordering::Relaxed);
     let server_polls = after.counters.polls - before.counters.polls;
     let reads = after.counters.database_reads - before.counters.database_reads;
+    let postgres = after.postgres_ticks - before.postgres_ticks;
     let line = serde_json::json!({
         "seconds": elapsed.as_secs_f64(),
         "clients": shared.args.clients,
@@ -736,8 +737,9 @@ fn report(
         "long_polls": window.long_polls,
         "statuses": window.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
         "cpu_ticks": after.cpu_ticks - before.cpu_ticks,
-        "postgres_ticks": after.postgres_ticks.0 - before.postgres_ticks.0,
-        "postgres_producer_ticks": after.postgres_ticks.1 - before.postgres_ticks.1,
+        "postgres_ticks": postgres.all,
+        "postgres_producer_ticks": postgres.ours,
+        "postgres_service_ticks": postgres.others,
         "rss_kib": measure::status_kib(shared.args.server_pid, "VmRSS"),
         "peak_rss_kib": measure::status_kib(shared.args.server_pid, "VmHWM"),
         "p50_us": measure::quantile(&window.latencies, 0.5),

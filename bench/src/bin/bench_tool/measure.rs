@@ -9,12 +9,20 @@ use crate::client::{Connection, get};
 
 /// utime + stime of `pid` (all its threads), in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> u64 {
+    stat_fields(pid, 11, 12)
+}
+
+/// The sum of two numeric fields of `/proc/PID/stat`, counted after the command.
+fn stat_fields(pid: u32, first: usize, second: usize) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             // The command may hold spaces; the fields after its ')' are fixed.
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            Some(
+                fields.get(first)?.parse::<u64>().ok()?
+                    + fields.get(second)?.parse::<u64>().ok()?,
+            )
         })
         .unwrap_or(0)
 }
@@ -95,23 +103,53 @@ pub(crate) fn own_ports() -> HashSet<u16> {
     ports
 }
 
-/// CPU ticks of an instance: all its processes, and those of them serving
-/// connections from `ports` (this process's).
-pub(crate) fn instance_ticks(postmaster: u32, ports: &HashSet<u16>) -> (u64, u64) {
-    let (mut all, mut ours) = (0, 0);
+/// CPU ticks of one PostgreSQL instance, by whom they were spent.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct InstanceTicks {
+    /// Every process, and the children already reaped (autovacuum workers).
+    pub all: u64,
+    /// Backends serving this process's connections (the producer's).
+    pub ours: u64,
+    /// Backends serving other clients' connections (the service's pool and
+    /// listener); what is left of `all` is the background (WAL writer,
+    /// checkpointer, autovacuum, the postmaster), which the writes drive.
+    pub others: u64,
+}
+
+impl std::ops::Sub for InstanceTicks {
+    type Output = Self;
+    fn sub(self, before: Self) -> Self {
+        Self {
+            all: self.all.saturating_sub(before.all),
+            ours: self.ours.saturating_sub(before.ours),
+            others: self.others.saturating_sub(before.others),
+        }
+    }
+}
+
+/// CPU ticks of an instance: all its processes, told apart by whom they serve
+/// (`ports`: this process's connections).
+pub(crate) fn instance_ticks(postmaster: u32, ports: &HashSet<u16>) -> InstanceTicks {
+    // What the postmaster's reaped children spent (cutime + cstime).
+    let mut ticks = InstanceTicks {
+        all: stat_fields(postmaster, 13, 14),
+        ..InstanceTicks::default()
+    };
     for pid in instance(postmaster) {
-        let ticks = cpu_ticks(pid);
-        all += ticks;
+        let spent = cpu_ticks(pid);
+        ticks.all += spent;
         let title = title(pid);
         let port = title
             .split_once("127.0.0.1(")
             .and_then(|(_, rest)| rest.split_once(')'))
             .and_then(|(port, _)| port.parse::<u16>().ok());
-        if port.is_some_and(|port| ports.contains(&port)) {
-            ours += ticks;
+        match port {
+            Some(port) if ports.contains(&port) => ticks.ours += spent,
+            Some(_) => ticks.others += spent,
+            None => {}
         }
     }
-    (all, ours)
+    ticks
 }
 
 /// The counters of the service's /metrics this tool reads.
