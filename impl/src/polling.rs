@@ -72,7 +72,9 @@ impl Polling {
             return Ok(answer);
         }
         let started = std::time::Instant::now();
-        let found = self.store.read_through(id, client_id, now).await;
+        // Boxed: a held long poll keeps its future, which would otherwise be as
+        // large as the database read's, for the whole wait.
+        let found = Box::pin(self.store.read_through(id, client_id, now)).await;
         self.metrics
             .database_reads()
             .record(started.elapsed(), found.is_ok());
@@ -114,6 +116,9 @@ impl Polling {
                 (Some(subscription), Some(deadline))
                     if unchanged && !stopping && Instant::now() < deadline =>
                 {
+                    // Read again on waking: nothing of this read is kept
+                    // through the wait, which thousands of polls may share.
+                    drop((job, etag));
                     tokio::select! {
                         () = subscription.changed() => {}
                         () = tokio::time::sleep_until(deadline) => {}

@@ -331,4 +331,14 @@ async fn announced_rows_are_answered_from_memory_as_the_database_holds_them() {
     let now = compositions_jobs::jobs::Timestamp::now();
     assert_eq!(ctx.server_store().cached(bulk, "mis-1", now), None);
     assert_eq!(poll(&ctx, bulk).await.1["data"]["status"], "PENDING");
+
+    // TRUNCATE fires no DELETE trigger, and is announced all the same.
+    assert_eq!(poll(&ctx, later).await.0, 200);
+    schema.execute("TRUNCATE jobs").await.unwrap();
+    until(
+        "the truncated jobs are gone",
+        Duration::from_secs(5),
+        async || poll(&ctx, later).await.0 == 404,
+    )
+    .await;
 }

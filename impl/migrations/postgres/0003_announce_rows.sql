@@ -75,6 +75,20 @@ CREATE TRIGGER jobs_notify_deleted
     FOR EACH STATEMENT
     EXECUTE FUNCTION jobs_notify_deleted();
 
+-- A TRUNCATE, which fires no DELETE trigger, is announced as `{"truncated": true}`:
+-- the instances forget every job.
+CREATE FUNCTION jobs_notify_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobs_changed', '{"truncated": true}');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER jobs_notify_truncated
+    AFTER TRUNCATE ON jobs
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION jobs_notify_truncated();
+
 -- 3. No other change: the only update is a job's one transition, PENDING to
 -- DONE or FAILED, so nothing a cache holds can change unannounced.
 CREATE FUNCTION jobs_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -29,6 +29,13 @@
 //! starts every head at the start of a write, except after an answer the socket
 //! took only in part; a refusal queued behind such a remainder (a pipelining
 //! client on a full socket) would still go out bare.
+//!
+//! **Held heads.** hyper parses a request head in place: its URI and header
+//! values are slices of the connection's 8 KiB read buffer. While a request is
+//! in flight hyper keeps reading (to notice a client that hangs up), and as
+//! long as any slice is alive it cannot reuse that buffer and takes a second
+//! one. For a long poll, held for seconds by thousands of clients, that was
+//! the largest cost of a waiter, so [`detach_head`] copies such a head out.
 
 use std::io;
 use std::pin::Pin;
@@ -341,6 +348,35 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
+/// `request` with its URI and header values copied out of hyper's read buffer
+/// (see the module's *Held heads*), for a request that may be held: one that
+/// states a `Prefer` (a long poll). Others are answered at once, and keep the
+/// slices: copying costs a few allocations.
+pub(super) fn detach_head<B>(request: hyper::Request<B>) -> hyper::Request<B> {
+    if !request.headers().contains_key(super::PREFER) {
+        return request;
+    }
+    let (mut parts, body) = request.into_parts();
+    let mut headers = hyper::HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        let copied =
+            hyper::header::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+                .map(|mut copied| {
+                    copied.set_sensitive(value.is_sensitive());
+                    copied
+                })
+                .unwrap_or_else(|_| value.clone());
+        headers.append(name.clone(), copied);
+    }
+    parts.headers = headers;
+    if let Ok(uri) =
+        hyper::Uri::from_maybe_shared(Bytes::copy_from_slice(parts.uri.to_string().as_bytes()))
+    {
+        parts.uri = uri;
+    }
+    hyper::Request::from_parts(parts, body)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -408,5 +444,28 @@ mod tests {
                 .map(|(d, p)| (d - opened, p)),
             Some((Duration::from_secs(10) + keep_alive, IDLE))
         );
+    }
+
+    #[test]
+    fn a_held_head_is_copied_out_whole() {
+        let shared = Bytes::from_static(b"Bearer token");
+        let mut authorization = hyper::header::HeaderValue::from_maybe_shared(shared).unwrap();
+        authorization.set_sensitive(true);
+        let request = hyper::Request::get("/api/patients/composition/job/x?a=1")
+            .header("prefer", "wait=20")
+            .header("authorization", authorization)
+            .header("x-custom", "one")
+            .header("x-custom", "two")
+            .body(())
+            .unwrap();
+        let (uri, headers) = (request.uri().clone(), request.headers().clone());
+        let detached = detach_head(request);
+        assert_eq!(detached.uri(), &uri);
+        assert_eq!(detached.headers(), &headers);
+        assert!(detached.headers()["authorization"].is_sensitive());
+
+        // Without a Prefer, the head is left as it is.
+        let request = hyper::Request::get("/x").body(()).unwrap();
+        assert_eq!(detach_head(request).uri(), "/x");
     }
 }

@@ -240,8 +240,9 @@ pub(super) fn is_valid_host(host: &[u8]) -> bool {
 pub(crate) struct RequestContext {
     meta: Arc<RequestMeta>,
     /// Set only if the generated stack replaces the caller's authorization
-    /// (nothing on this service's path does).
-    replaced: Option<Option<Authorization>>,
+    /// (nothing on this service's path does); boxed, since the generated
+    /// futures hold the context by value for as long as a long poll waits.
+    replaced: Option<Box<Option<Authorization>>>,
 }
 
 impl RequestContext {
@@ -293,11 +294,11 @@ impl Has<Option<Authorization>> for RequestContext {
     fn get_mut(&mut self) -> &mut Option<Authorization> {
         let caller = self.meta.caller();
         self.replaced
-            .get_or_insert_with(|| caller.and_then(|c| c.authorization.clone()))
+            .get_or_insert_with(|| Box::new(caller.and_then(|c| c.authorization.clone())))
     }
 
     fn set(&mut self, value: Option<Authorization>) {
-        self.replaced = Some(value);
+        self.replaced = Some(Box::new(value));
     }
 }
 

@@ -189,6 +189,7 @@ impl App {
     /// moves straight into the router instead of through layers of futures. The
     /// connection's `clock` learns when the answer is ready.
     fn call(&self, request: Request<Incoming>, clock: &Arc<Clock>) -> ServiceFuture {
+        let request = conn::detach_head(request);
         let meta = self.meta(&request);
         let method = request.method().clone();
         let admitted = self
@@ -228,8 +229,11 @@ impl App {
                         }
                         Ok(response) => {
                             let operation = operation_of(&method, &uri);
+                            // Boxed, as is the rest of this rare path: a held long
+                            // poll keeps this future for its whole wait.
                             let response =
-                                rewrite_router_answer(response, &uri, &meta, refusal).await;
+                                Box::pin(rewrite_router_answer(response, &uri, &meta, refusal))
+                                    .await;
                             (response, operation)
                         }
                         Err(e) => (reject(RequestError::Router(e.to_string()), &meta), None),

@@ -207,6 +207,11 @@ impl JobCache {
         });
     }
 
+    /// Forgets every job.
+    pub fn forget_all(&self) {
+        self.invalidate(|| self.entries.clear());
+    }
+
     fn invalidate(&self, forget: impl FnOnce()) {
         let _writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -217,7 +222,7 @@ impl JobCache {
     /// forgets everything when it stops.
     pub fn set_live(&self, live: bool) {
         if !live {
-            self.invalidate(|| self.entries.clear());
+            self.forget_all();
         }
         self.live.store(live, Ordering::Release);
     }

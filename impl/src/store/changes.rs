@@ -176,6 +176,12 @@ impl Changes {
         self.notify_all();
     }
 
+    /// Every job may be gone: all are forgotten, and every waiter looks.
+    pub fn forget_all(&self) {
+        self.cache.forget_all();
+        self.notify_all();
+    }
+
     fn unheard(&self) -> MutexGuard<'_, HashSet<Uuid>> {
         self.unheard.lock().unwrap_or_else(PoisonError::into_inner)
     }

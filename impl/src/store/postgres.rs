@@ -435,6 +435,11 @@ impl PostgresStore {
 enum Announcement {
     /// Jobs deleted (by the purge, or by hand).
     Deleted { deleted: Vec<Uuid> },
+    /// Every job deleted at once (`TRUNCATE`).
+    Truncated {
+        #[expect(dead_code, reason = "always true: the field names the announcement")]
+        truncated: bool,
+    },
     /// A new or finished job.
     Row(Box<Announced>),
 }
@@ -491,6 +496,10 @@ fn announced(changes: &Changes, payload: &str) {
             for id in deleted {
                 changes.finished(id);
             }
+            return;
+        }
+        Ok(Announcement::Truncated { .. }) => {
+            changes.forget_all();
             return;
         }
         Err(e) => {
