@@ -332,6 +332,23 @@ async fn announced_rows_are_answered_from_memory_as_the_database_holds_them() {
     assert_eq!(ctx.server_store().cached(bulk, "mis-1", now), None);
     assert_eq!(poll(&ctx, bulk).await.1["data"]["status"], "PENDING");
 
+    // A notification that cannot be read (another program's) tells that
+    // something changed, not what: every job is forgotten.
+    assert_eq!(poll(&ctx, later).await.0, 200);
+    schema
+        .execute("NOTIFY jobs_changed, 'not an announcement'")
+        .await
+        .unwrap();
+    until(
+        "everything is forgotten",
+        Duration::from_secs(5),
+        async || {
+            let now = compositions_jobs::jobs::Timestamp::now();
+            ctx.server_store().cached(later, "mis-1", now).is_none()
+        },
+    )
+    .await;
+
     // TRUNCATE fires no DELETE trigger, and is announced all the same.
     assert_eq!(poll(&ctx, later).await.0, 200);
     schema.execute("TRUNCATE jobs").await.unwrap();

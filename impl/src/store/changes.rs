@@ -169,14 +169,8 @@ impl Changes {
         self.notify(id);
     }
 
-    /// Something changed, but what is not known: every PENDING job is
-    /// forgotten, and every waiter looks for itself.
-    pub fn unknown_change(&self) {
-        self.cache.forget_pending();
-        self.notify_all();
-    }
-
-    /// Every job may be gone: all are forgotten, and every waiter looks.
+    /// Any job may have changed or gone (a `TRUNCATE`, or an announcement that
+    /// cannot be read): all are forgotten, and every waiter looks.
     pub fn forget_all(&self) {
         self.cache.forget_all();
         self.notify_all();

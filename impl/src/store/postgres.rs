@@ -487,8 +487,8 @@ impl Announced {
 /// Applies one announcement: the read cache takes the new job or the finished
 /// state (given a finished job's id alone, or a deleted job's, it forgets the
 /// job), and the job's waiters wake. One that cannot be read says that
-/// something changed, but not what: every PENDING job is forgotten and every
-/// waiter looks.
+/// something changed, but not what: every job is forgotten and every waiter
+/// looks.
 fn announced(changes: &Changes, payload: &str) {
     let announced = match serde_json::from_str::<Announcement>(payload) {
         Ok(Announcement::Row(announced)) => announced,
@@ -504,7 +504,7 @@ fn announced(changes: &Changes, payload: &str) {
         }
         Err(e) => {
             tracing::warn!(error = %e, "an unreadable notification of a job");
-            changes.unknown_change();
+            changes.forget_all();
             return;
         }
     };
