@@ -226,6 +226,15 @@ async fn until_cached_as_stored(ctx: &TestContext, job: Uuid) {
     .await;
 }
 
+/// Until the read cache no longer holds `job`.
+async fn until_forgotten(ctx: &TestContext, job: Uuid, what: &str) {
+    until(what, Duration::from_secs(5), async || {
+        let now = compositions_jobs::jobs::Timestamp::now();
+        ctx.server_store().cached(job, "mis-1", now).is_none()
+    })
+    .await;
+}
+
 /// PostgreSQL announces every new and finished row whole, and every deleted
 /// id: the read cache takes them as they come, exactly as the database holds
 /// them, and the polls that follow need no read.
@@ -285,15 +294,7 @@ async fn announced_rows_are_answered_from_memory_as_the_database_holds_them() {
         ))
         .await
         .unwrap();
-    until(
-        "the long row is forgotten",
-        Duration::from_secs(5),
-        async || {
-            let now = compositions_jobs::jobs::Timestamp::now();
-            ctx.server_store().cached(long, "mis-1", now).is_none()
-        },
-    )
-    .await;
+    until_forgotten(&ctx, long, "the long row is forgotten").await;
     let before = reads(&ctx).await;
     let (status, body) = poll(&ctx, long).await;
     assert_eq!(
@@ -339,15 +340,7 @@ async fn announced_rows_are_answered_from_memory_as_the_database_holds_them() {
         .execute("NOTIFY jobs_changed, 'not an announcement'")
         .await
         .unwrap();
-    until(
-        "everything is forgotten",
-        Duration::from_secs(5),
-        async || {
-            let now = compositions_jobs::jobs::Timestamp::now();
-            ctx.server_store().cached(later, "mis-1", now).is_none()
-        },
-    )
-    .await;
+    until_forgotten(&ctx, later, "everything is forgotten").await;
 
     // TRUNCATE fires no DELETE trigger, and is announced all the same.
     assert_eq!(poll(&ctx, later).await.0, 200);

@@ -156,16 +156,20 @@ impl JobCache {
         if !self.live.load(Ordering::Acquire) {
             return;
         }
-        let read_at = self.nanos(Instant::now());
         let _writers = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.entries.get(&job.id, |_| true).is_none() {
-            self.entries.insert(
-                job.id,
-                Entry {
-                    job: Arc::new(job),
-                    read_at,
-                },
-            );
+        self.keep_if(job, false);
+    }
+
+    /// Keeps `job` as read now if the cache holds it (`held`) or does not;
+    /// writers only, under `writers`.
+    fn keep_if(&self, job: Job, held: bool) {
+        if self.entries.get(&job.id, |_| true).is_some() == held {
+            let read_at = self.nanos(Instant::now());
+            let entry = Entry {
+                job: Arc::new(job),
+                read_at,
+            };
+            self.entries.insert(entry.job.id, entry);
         }
     }
 
@@ -185,18 +189,7 @@ impl JobCache {
     /// old, is not kept). A job not in the cache stays out of it: this
     /// instance may never be asked for it.
     pub fn replace(&self, job: Job) {
-        let read_at = self.nanos(Instant::now());
-        self.invalidate(|| {
-            if self.entries.get(&job.id, |_| true).is_some() {
-                self.entries.insert(
-                    job.id,
-                    Entry {
-                        job: Arc::new(job),
-                        read_at,
-                    },
-                );
-            }
-        });
+        self.invalidate(|| self.keep_if(job, true));
     }
 
     /// Forgets every PENDING job: any of them may have changed.
